@@ -1,0 +1,55 @@
+//! `rae-agent probe`: one discovery pass with the configured rules, printed.
+//! Writes nothing; the registry's identity rules are applied in memory.
+
+use super::devices::device_json;
+use super::{table, Failure};
+use crate::config::Settings;
+use crate::probe::udev;
+use crate::registry::Registry;
+use std::io::Write;
+use uuid::Uuid;
+
+pub fn run(settings: &Settings, json: bool, out: &mut impl Write) -> Result<(), Failure> {
+    let observations = if settings.udev.enabled {
+        udev::enumerate(&settings.udev)?
+    } else {
+        Vec::new()
+    };
+    let mut registry = Registry::new(settings.registry_config());
+    let now = crate::timefmt::now_ms();
+    for obs in &observations {
+        let t = registry.observe(obs, now, Uuid::now_v7());
+        registry.apply(t);
+    }
+    let devices: Vec<_> = registry.devices().collect();
+    if json {
+        let v: Vec<_> = devices.iter().map(|d| device_json(d)).collect();
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "udev: {} ({} facets tracked)",
+        if settings.udev.enabled { "enabled" } else { "disabled" },
+        observations.len()
+    )?;
+    if devices.is_empty() {
+        writeln!(out, "no devices found")?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            let attrs = d
+                .attrs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![d.device_id.clone(), d.identity.clone(), attrs]
+        })
+        .collect();
+    table::write(out, &["DEVICE", "IDENTITY", "ATTRIBUTES"], &rows)?;
+    Ok(())
+}

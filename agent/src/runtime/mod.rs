@@ -1,0 +1,157 @@
+//! Wiring: [`build`] opens nothing itself; it takes an opened journal and the
+//! settings, creates the bounded channels, and spawns every long-running
+//! task into one tracked set. [`Agent::shutdown`] broadcasts the stop and
+//! drains the tasks with a deadline.
+//!
+//! Tasks: the registry task (owns registry + journal) and one task per
+//! enabled probe.
+
+pub mod clock;
+pub mod registry_task;
+
+use crate::config::Settings;
+use crate::journal::{Journal, JournalOptions, Opened};
+use crate::probe::udev::UdevProbe;
+use crate::probe::ProbeEvent;
+use crate::registry::Registry;
+use crate::status::RuntimeStatus;
+use anyhow::Context;
+use clock::Clock;
+use log::{info, warn};
+use registry_task::{RegistryTask, Retention};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Capacity of the probe → registry channel.
+pub const PROBE_CHANNEL_CAPACITY: usize = 256;
+/// How long shutdown waits for tasks to finish.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
+
+/// The running agent.
+#[derive(Debug)]
+pub struct Agent {
+    tasks: JoinSet<()>,
+    shutdown: watch::Sender<bool>,
+    /// A sender into the registry task, for tests and future in-process probes.
+    pub probe_tx: mpsc::Sender<ProbeEvent>,
+}
+
+/// Opens the journal for the daemon.
+pub fn open_journal(settings: &Settings) -> Result<Opened, crate::journal::JournalError> {
+    Journal::open(
+        &settings.journal_path(),
+        &JournalOptions {
+            synchronous: settings.synchronous,
+            rae_id: settings.rae_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    )
+}
+
+/// Spawns the tasks. Must be called inside a tokio runtime.
+pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
+    let clock = Clock::new();
+    let snapshot = opened
+        .journal
+        .snapshot()
+        .context("reading device state from the journal")?;
+    let registry = Registry::from_snapshot(settings.registry_config(), snapshot);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (probe_tx, probe_rx) = mpsc::channel(PROBE_CHANNEL_CAPACITY);
+    let now = clock.now_ms();
+    let status = RuntimeStatus {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_ms: now,
+        heartbeat_ms: now,
+        boot_count: opened.boot_count,
+        running: true,
+        journal_moved_aside: opened.moved_aside.map(|p| p.display().to_string()),
+        ..RuntimeStatus::default()
+    };
+    let mut tasks = JoinSet::new();
+    tasks.spawn(
+        RegistryTask {
+            registry,
+            journal: opened.journal,
+            rx: probe_rx,
+            shutdown: shutdown_rx.clone(),
+            status_path: settings.status_path(),
+            status,
+            retention: Retention {
+                max_age_ms: settings.retention_max_age_secs.saturating_mul(1000),
+                max_events: settings.retention_max_events,
+            },
+            clock,
+        }
+        .run(),
+    );
+    if settings.udev.enabled {
+        let probe = UdevProbe {
+            settings: settings.udev.clone(),
+            tx: probe_tx.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        tasks.spawn_blocking(move || probe.run_blocking());
+    } else {
+        info!("udev probe disabled in config");
+    }
+    Ok(Agent {
+        tasks,
+        shutdown,
+        probe_tx,
+    })
+}
+
+impl Agent {
+    /// Broadcasts shutdown and waits up to `deadline` for every task.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        let _ = self.shutdown.send(true);
+        drop(self.probe_tx);
+        let drained = tokio::time::timeout(deadline, async {
+            while let Some(res) = self.tasks.join_next().await {
+                if let Err(e) = res {
+                    warn!("a task ended abnormally: {e}");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                "{} task(s) did not stop within {deadline:?}; abandoning them",
+                self.tasks.len()
+            );
+            self.tasks.abort_all();
+        }
+    }
+
+    /// Waits until any task ends on its own (which is unexpected).
+    pub async fn wait_any(&mut self) {
+        let _ = self.tasks.join_next().await;
+    }
+}
+
+/// `rae-agent run`: open, build, wait for SIGTERM/SIGINT, drain.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let opened = open_journal(&settings)
+        .with_context(|| format!("opening journal {}", settings.journal_path().display()))?;
+    info!(
+        "rae-agent {} starting as {} (journal {}, boot #{})",
+        env!("CARGO_PKG_VERSION"),
+        settings.rae_id,
+        settings.journal_path().display(),
+        opened.boot_count
+    );
+    let mut agent = build(&settings, opened)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, stopping"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received, stopping"),
+        _ = agent.wait_any() => warn!("a task ended unexpectedly, stopping"),
+    }
+    agent.shutdown(SHUTDOWN_DEADLINE).await;
+    info!("rae-agent stopped");
+    Ok(())
+}

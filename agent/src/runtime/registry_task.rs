@@ -1,0 +1,187 @@
+//! The registry task: owns the [`Registry`] and the [`Journal`] write
+//! handle. For each probe event it computes a transition, commits it, and
+//! only then applies it, so memory never runs ahead of disk.
+//!
+//! When the journal fails (full disk, read-only, I/O error) it keeps the
+//! pending input, reports the error in `status.json`, and retries with a
+//! capped backoff; it stops reading new input meanwhile, so the bounded
+//! channel pushes back on the probes. It never exits on a journal error.
+
+use super::clock::Clock;
+use crate::journal::Journal;
+use crate::probe::ProbeEvent;
+use crate::registry::{Registry, Transition};
+use crate::status::{self, ErrorNote, RuntimeStatus};
+use log::{debug, error, info, warn};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+/// How often the daemon records a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often retention runs.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Retention limits for published events.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age_ms: u64,
+    pub max_events: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct RegistryTask {
+    pub registry: Registry,
+    pub journal: Journal,
+    pub rx: mpsc::Receiver<ProbeEvent>,
+    pub shutdown: watch::Receiver<bool>,
+    pub status_path: PathBuf,
+    pub status: RuntimeStatus,
+    pub retention: Retention,
+    pub clock: Clock,
+}
+
+impl RegistryTask {
+    pub async fn run(mut self) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
+        retention.reset();
+        loop {
+            let expiry = self.registry.next_deadline_ms().map(|ms| self.clock.instant_at(ms));
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                ev = self.rx.recv() => match ev {
+                    Some(ev) => self.handle(ev).await,
+                    None => break,
+                },
+                _ = sleep_until(expiry), if expiry.is_some() => {
+                    self.step(|r, now| r.expire(now)).await;
+                }
+                _ = heartbeat.tick() => self.heartbeat(),
+                _ = retention.tick() => self.retention(),
+            }
+        }
+        // Drain what the probes already sent before they stopped.
+        while let Ok(ev) = self.rx.try_recv() {
+            self.handle(ev).await;
+        }
+        self.status.running = false;
+        self.heartbeat();
+        info!("registry task stopped");
+    }
+
+    async fn handle(&mut self, ev: ProbeEvent) {
+        match ev {
+            ProbeEvent::Observed(obs) => {
+                self.step(|r, now| r.observe(&obs, now, Uuid::now_v7())).await;
+            }
+            ProbeEvent::Synced(source) => {
+                info!("{source} probe finished its first scan");
+                self.step(|r, now| r.reconcile(source, now)).await;
+            }
+            ProbeEvent::Failed { source, message } => {
+                let note = self.note(message);
+                self.status.probe_errors.insert(source.to_string(), note.clone());
+                self.status.last_error = Some(note);
+                self.write_status();
+            }
+        }
+    }
+
+    /// Computes, commits (retrying until it succeeds or shutdown), applies.
+    async fn step(&mut self, compute: impl Fn(&Registry, u64) -> Transition) {
+        let t = compute(&self.registry, self.clock.now_ms());
+        if t.is_durable_noop() {
+            self.registry.apply(t);
+            return;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.journal.commit(&t, self.clock.now_ms()) {
+                Ok(()) => {
+                    for ev in t.events() {
+                        debug!(
+                            "journaled {} seq {} of device {} (session {})",
+                            ev.kind.name(),
+                            ev.seq,
+                            ev.device_id,
+                            ev.session_id
+                        );
+                    }
+                    self.registry.apply(t);
+                    if self.status.journal_error.take().is_some() {
+                        info!("journal writable again");
+                        self.status.pending_observations = 0;
+                        self.write_status();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let first = self.status.journal_error.is_none();
+                    let msg = format!("cannot write journal {}: {e}", self.journal.path().display());
+                    if first {
+                        error!("{msg}; keeping the change in memory and retrying");
+                    } else {
+                        warn!("{msg}; retrying in {backoff:?}");
+                    }
+                    let note = self.note(msg);
+                    self.status.journal_error = Some(note.clone());
+                    self.status.last_error = Some(note);
+                    self.status.pending_observations = 1 + self.rx.len() as u64;
+                    self.write_status();
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.shutdown.changed() => {
+                    error!("shutting down with a change not journaled (the journal kept failing); \
+                            it will be observed again at the next start");
+                    return;
+                }
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn note(&self, message: String) -> ErrorNote {
+        ErrorNote {
+            at_ms: self.clock.now_ms(),
+            message,
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let now = self.clock.now_ms();
+        self.status.heartbeat_ms = now;
+        if let Err(e) = self.journal.heartbeat(now) {
+            debug!("heartbeat not written to journal: {e}");
+        }
+        self.write_status();
+    }
+
+    fn retention(&mut self) {
+        let r = self.retention;
+        match self.journal.apply_retention(self.clock.now_ms(), r.max_age_ms, r.max_events) {
+            Ok(0) => {}
+            Ok(n) => info!("retention deleted {n} published events"),
+            Err(e) => warn!("retention failed: {e}"),
+        }
+    }
+
+    fn write_status(&self) {
+        if let Err(e) = status::write(&self.status_path, &self.status) {
+            debug!("cannot write {}: {e}", self.status_path.display());
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
