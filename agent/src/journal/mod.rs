@@ -97,6 +97,31 @@ pub struct Journal {
     conn: Connection,
     path: PathBuf,
     rae_id: String,
+    fault: FaultHandle,
+    applied_page_limit: u64,
+}
+
+/// Fault injection for tests: limits the database to a number of pages, so
+/// SQLite reports SQLITE_FULL exactly as on a full disk. 0 means no limit.
+/// Clones share the limit; the journal applies it at its next commit.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct FaultHandle(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl FaultHandle {
+    /// Makes the database full at `pages` pages.
+    pub fn limit_pages(&self, pages: u64) {
+        self.0.store(pages, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Lifts the limit.
+    pub fn unlimited(&self) {
+        self.limit_pages(0);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Journal {
@@ -142,6 +167,8 @@ impl Journal {
                 conn,
                 path: path.to_path_buf(),
                 rae_id: opts.rae_id.clone(),
+                fault: FaultHandle::default(),
+                applied_page_limit: 0,
             },
             moved_aside,
             boot_count,
@@ -167,6 +194,7 @@ impl Journal {
         if t.is_durable_noop() {
             return Ok(());
         }
+        self.apply_fault()?;
         let tx = self.conn.transaction()?;
         for change in &t.changes {
             for ev in &change.events {
@@ -269,12 +297,21 @@ impl Journal {
         Ok(())
     }
 
-    /// Limits the database to `pages` pages: a way to make SQLite report
-    /// SQLITE_FULL without filling a real disk (used by fault tests).
+    /// The fault-injection handle of this journal (tests only).
     #[doc(hidden)]
-    pub fn set_max_page_count(&self, pages: u64) -> Result<(), JournalError> {
-        self.conn
-            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+    pub fn fault_handle(&self) -> FaultHandle {
+        self.fault.clone()
+    }
+
+    fn apply_fault(&mut self) -> Result<(), JournalError> {
+        let want = self.fault.get();
+        if want != self.applied_page_limit {
+            // SQLite's own maximum when unlimited.
+            let pages = if want == 0 { 0xFFFF_FFFE } else { want };
+            self.conn
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            self.applied_page_limit = want;
+        }
         Ok(())
     }
 }

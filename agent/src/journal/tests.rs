@@ -1,0 +1,178 @@
+//! Journal behaviour against real SQLite files in temp dirs.
+
+use super::read::{FindError, JournalReader};
+use super::*;
+use crate::registry::{FacetKey, Identifier, Observation, Registry, RegistryConfig, Source};
+use rae_protocol::{AttrValue, Attrs, Envelope};
+use uuid::Uuid;
+
+fn opts() -> JournalOptions {
+    JournalOptions {
+        synchronous: Synchronous::Normal,
+        rae_id: "rae-test".into(),
+        agent_version: "0.0.0".into(),
+    }
+}
+
+fn obs(syspath: &str, serial: &str, model: &str) -> Observation {
+    Observation::present(
+        FacetKey::new(Source::Udev, syspath),
+        vec![Identifier::Serial {
+            serial: serial.into(),
+            interface: None,
+        }],
+        [("usb.model".to_string(), AttrValue::from(model))].into_iter().collect::<Attrs>(),
+    )
+}
+
+/// Observes, commits and applies, like the registry task.
+fn feed(reg: &mut Registry, j: &mut Journal, o: &Observation, now: u64) {
+    let t = reg.observe(o, now, Uuid::now_v7());
+    j.commit(&t, now).expect("commit");
+    reg.apply(t);
+}
+
+fn count(path: &Path, sql: &str) -> i64 {
+    let c = Connection::open(path).expect("open");
+    c.query_row(sql, [], |r| r.get(0)).expect("query")
+}
+
+#[test]
+fn events_and_device_state_are_committed_together_and_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let mut j = Journal::open(&path, &opts()).expect("open").journal;
+    let mut reg = Registry::new(RegistryConfig::default());
+    feed(&mut reg, &mut j, &obs("/a", "S1", "X"), 1);
+    feed(&mut reg, &mut j, &obs("/a", "S1", "Y"), 2);
+    drop(j);
+    let opened = Journal::open(&path, &opts()).expect("reopen");
+    assert_eq!(opened.boot_count, 2);
+    let snap = opened.journal.snapshot().expect("snapshot");
+    assert_eq!(snap.devices, reg.devices().cloned().collect::<Vec<_>>());
+    assert!(snap.aliases.iter().any(|(a, _)| a == "serial:S1"));
+    assert_eq!(count(&path, "SELECT count(*) FROM events"), 2);
+    assert_eq!(count(&path, "SELECT last_seq FROM sessions"), 2);
+}
+
+#[test]
+fn stored_payloads_are_wire_envelopes_in_journal_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let mut j = Journal::open(&path, &opts()).expect("open").journal;
+    let mut reg = Registry::new(RegistryConfig::default());
+    for (i, m) in ["A", "B", "C"].iter().enumerate() {
+        feed(&mut reg, &mut j, &obs("/a", "S1", m), i as u64);
+    }
+    let r = JournalReader::open(&path).expect("reader");
+    let dev = r.find_device("S1").expect("by serial alias");
+    let seqs: Vec<u64> = r
+        .history(&dev.device_id, 10)
+        .expect("history")
+        .into_iter()
+        .map(|e| {
+            let env: Envelope = e.envelope.expect("decodes");
+            assert_eq!(env.rae_id, "rae-test");
+            env.seq
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
+#[test]
+fn a_corrupt_database_is_moved_aside_and_a_fresh_one_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    std::fs::write(&path, b"this is not a database, it is garbage ".repeat(200)).expect("write");
+    let opened = Journal::open(&path, &opts()).expect("recovers");
+    let aside = opened.moved_aside.expect("moved aside");
+    assert!(aside.to_string_lossy().contains(".corrupt-"), "{}", aside.display());
+    assert!(std::fs::read(&aside).expect("kept").starts_with(b"this is not"));
+    assert_eq!(opened.boot_count, 1, "fresh journal");
+}
+
+#[test]
+fn a_database_from_a_newer_schema_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    {
+        let c = Connection::open(&path).expect("create");
+        c.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
+            .expect("future schema");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let err = Journal::open(&path, &opts()).expect_err("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, JournalError::NewerSchema { found: 99, .. }), "{msg}");
+    assert!(msg.contains("upgrade rae-agent"), "{msg}");
+    assert_eq!(std::fs::read(&path).expect("read"), before);
+    assert!(matches!(
+        JournalReader::open(&path),
+        Err(JournalError::NewerSchema { .. })
+    ));
+}
+
+#[test]
+fn a_full_database_fails_the_whole_transaction_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let mut j = Journal::open(&path, &opts()).expect("open").journal;
+    let mut reg = Registry::new(RegistryConfig::default());
+    feed(&mut reg, &mut j, &obs("/a", "S1", "X"), 1);
+    let pages: i64 = count(&path, "PRAGMA page_count");
+    let fault = j.fault_handle();
+    fault.limit_pages(u64::try_from(pages).expect("pages"));
+    let big = "x".repeat(64 * 1024);
+    let t = reg.observe(&obs("/b", "S2", &big), 2, Uuid::now_v7());
+    let err = j.commit(&t, 2).expect_err("disk full");
+    assert!(err.is_full(), "{err}");
+    assert_eq!(count(&path, "SELECT count(*) FROM events"), 1, "nothing partial");
+    fault.unlimited();
+    j.commit(&t, 3).expect("commit after space returns");
+    assert_eq!(count(&path, "SELECT count(*) FROM events"), 2);
+}
+
+#[test]
+fn retention_deletes_only_published_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let mut j = Journal::open(&path, &opts()).expect("open").journal;
+    let mut reg = Registry::new(RegistryConfig::default());
+    for i in 0..10u64 {
+        feed(&mut reg, &mut j, &obs("/a", "S1", &i.to_string()), i * 1000);
+    }
+    j.mark_published(&[1, 2, 3, 4, 5, 6]).expect("mark");
+    // At t = 10 s with max age 6.5 s, ids 1..=4 (ts 0..=3 s) are too old;
+    // keeping 2 published events would also drop id 4.
+    let deleted = j.apply_retention(10_000, 6_500, 2).expect("retention");
+    assert_eq!(deleted, 4, "published ids 1..=4 go");
+    let left: Vec<i64> = {
+        let c = Connection::open(&path).expect("open");
+        let mut s = c.prepare("SELECT id FROM events ORDER BY id").expect("prep");
+        s.query_map([], |r| r.get(0)).expect("q").map(|r| r.expect("row")).collect()
+    };
+    assert_eq!(left, [5, 6, 7, 8, 9, 10]);
+    assert_eq!(j.apply_retention(u64::MAX / 2, 0, 1).expect("all old"), 2);
+    assert_eq!(count(&path, "SELECT count(*) FROM events WHERE published = 0"), 4);
+}
+
+#[test]
+fn the_reader_finds_devices_by_prefix_and_reports_ambiguity_and_absence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    assert!(matches!(
+        JournalReader::open(&path),
+        Err(JournalError::Missing { .. })
+    ));
+    let mut j = Journal::open(&path, &opts()).expect("open").journal;
+    let mut reg = Registry::new(RegistryConfig::default());
+    feed(&mut reg, &mut j, &obs("/a", "S1", "X"), 1);
+    feed(&mut reg, &mut j, &obs("/b", "S2", "X"), 1);
+    let r = JournalReader::open(&path).expect("reader");
+    let ids: Vec<String> = reg.devices().map(|d| d.device_id.clone()).collect();
+    assert_eq!(r.find_device(&ids[0][..6]).expect("prefix").device_id, ids[0]);
+    assert!(matches!(r.find_device(""), Err(FindError::NotFound(_)) | Err(FindError::Ambiguous { .. })));
+    assert!(matches!(r.find_device("nope"), Err(FindError::NotFound(_))));
+    let stats = r.stats().expect("stats");
+    assert_eq!((stats.devices_present, stats.unpublished), (2, 2));
+}
