@@ -155,3 +155,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     info!("rae-agent stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
