@@ -1,0 +1,11 @@
+//! Test support for the rae workspace.
+//!
+//! This crate holds cross-crate integration tests (in `tests/tests/`) and the
+//! harnesses they share. It is `publish = false` and is only ever built by
+//! `cargo test`.
+//!
+//! * [`umockdev`] — drive the *real* libudev (the `udev` crate enumerator and the
+//!   `tokio-udev` async monitor) against an in-process umockdev testbed, with
+//!   hand-written device fixtures under `tests/fixtures/udev/`.
+
+pub mod umockdev;
