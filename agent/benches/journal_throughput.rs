@@ -29,10 +29,16 @@ fn observation(i: u64) -> Observation {
     let attrs: Attrs = [
         ("usb.vendor_id".to_string(), AttrValue::from("0403")),
         ("usb.product_id".to_string(), AttrValue::from("6001")),
-        ("usb.model".to_string(), AttrValue::from("FT232 Serial (UART) IC")),
+        (
+            "usb.model".to_string(),
+            AttrValue::from("FT232 Serial (UART) IC"),
+        ),
         ("usb.serial".to_string(), AttrValue::from("A10KZ3X9")),
         ("tty.node".to_string(), AttrValue::from("/dev/ttyUSB0")),
-        ("firmware".to_string(), AttrValue::from(format!("build-{i}"))),
+        (
+            "firmware".to_string(),
+            AttrValue::from(format!("build-{i}")),
+        ),
     ]
     .into_iter()
     .collect();
@@ -91,7 +97,8 @@ fn journal_run(dir: &std::path::Path, sync: Synchronous, n: u64) -> (f64, Vec<Ro
 /// Inserts the same rows with a bare loop, one transaction per row.
 fn bare_run(dir: &std::path::Path, sync: Synchronous, rows: &[Row]) -> f64 {
     let mut conn = Connection::open(dir.join("bare.db")).expect("open");
-    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).expect("wal");
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .expect("wal");
     let s = match sync {
         Synchronous::Normal => "NORMAL",
         Synchronous::Full => "FULL",
@@ -126,7 +133,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     println!("journal throughput: `changed` events, one transaction per observation");
-    println!("{:<8} {:>8} {:>14} {:>14} {:>7}", "sync", "events", "journal ev/s", "bare ev/s", "ratio");
+    println!(
+        "{:<8} {:>8} {:>14} {:>14} {:>7}",
+        "sync", "events", "journal ev/s", "bare ev/s", "ratio"
+    );
     for (sync, name, count) in [
         (Synchronous::Normal, "NORMAL", n),
         (Synchronous::Full, "FULL", (n / 10).max(100)),

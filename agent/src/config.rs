@@ -237,7 +237,10 @@ impl Settings {
             retention_max_events,
             detach_grace_secs,
             serial_denylist: raw.registry.serial_denylist.unwrap_or_else(|| {
-                DEFAULT_SERIAL_DENYLIST.iter().map(|s| s.to_string()).collect()
+                DEFAULT_SERIAL_DENYLIST
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
             }),
             udev,
         })
@@ -260,7 +263,10 @@ fn check_rules(key: &'static str, rules: Vec<MatchRule>) -> Result<Vec<MatchRule
             ));
         }
         if let Some(k) = rule.keys().find(|k| k.is_empty() || *k == "attr:") {
-            return Err(invalid(key, format!("rule #{} has an empty key {k:?}", i + 1)));
+            return Err(invalid(
+                key,
+                format!("rule #{} has an empty key {k:?}", i + 1),
+            ));
         }
     }
     Ok(rules)
@@ -345,7 +351,9 @@ mod tests {
 
     #[test]
     fn an_empty_match_rule_is_refused() {
-        let msg = parse("[udev]\ninclude = [{}]").expect_err("bad").to_string();
+        let msg = parse("[udev]\ninclude = [{}]")
+            .expect_err("bad")
+            .to_string();
         assert!(msg.contains("udev.include") && msg.contains("#1"), "{msg}");
     }
 }

@@ -33,10 +33,9 @@ impl Log for StderrLogger {
 pub fn effective_level(configured: LevelFilter, rust_log: Option<&str>) -> LevelFilter {
     rust_log
         .and_then(|v| {
-            v.split(',')
+            v.rsplit(',')
                 .filter_map(|part| part.rsplit('=').next())
-                .filter_map(|lvl| lvl.trim().parse::<LevelFilter>().ok())
-                .last()
+                .find_map(|lvl| lvl.trim().parse::<LevelFilter>().ok())
         })
         .unwrap_or(configured)
 }
@@ -63,11 +62,17 @@ mod tests {
     #[test]
     fn rust_log_overrides_the_configured_level() {
         assert_eq!(effective_level(LevelFilter::Info, None), LevelFilter::Info);
-        assert_eq!(effective_level(LevelFilter::Info, Some("debug")), LevelFilter::Debug);
+        assert_eq!(
+            effective_level(LevelFilter::Info, Some("debug")),
+            LevelFilter::Debug
+        );
         assert_eq!(
             effective_level(LevelFilter::Info, Some("rae_agent=trace")),
             LevelFilter::Trace
         );
-        assert_eq!(effective_level(LevelFilter::Warn, Some("nonsense")), LevelFilter::Warn);
+        assert_eq!(
+            effective_level(LevelFilter::Warn, Some("nonsense")),
+            LevelFilter::Warn
+        );
     }
 }

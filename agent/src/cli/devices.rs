@@ -10,7 +10,12 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 /// Attributes tried, in order, for the MODEL column.
-const MODEL_ATTRS: &[&str] = &["android.model", "usb.model", "serial.banner", "usb.product_id"];
+const MODEL_ATTRS: &[&str] = &[
+    "android.model",
+    "usb.model",
+    "serial.banner",
+    "usb.product_id",
+];
 
 /// The most descriptive model string of a device.
 pub fn model(rec: &DeviceRecord) -> String {
@@ -44,7 +49,12 @@ pub fn device_json(rec: &DeviceRecord) -> serde_json::Value {
     })
 }
 
-pub fn run(reader: &JournalReader, all: bool, json: bool, out: &mut impl Write) -> Result<(), Failure> {
+pub fn run(
+    reader: &JournalReader,
+    all: bool,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
     let devices: Vec<DeviceRecord> = reader
         .devices()?
         .into_iter()
@@ -57,7 +67,11 @@ pub fn run(reader: &JournalReader, all: bool, json: bool, out: &mut impl Write) 
         return Ok(());
     }
     if devices.is_empty() {
-        let hint = if all { "" } else { " (--all includes detached devices)" };
+        let hint = if all {
+            ""
+        } else {
+            " (--all includes detached devices)"
+        };
         writeln!(out, "no devices{hint}")?;
         return Ok(());
     }
@@ -68,7 +82,11 @@ pub fn run(reader: &JournalReader, all: bool, json: bool, out: &mut impl Write) 
             let t = transports(d);
             vec![
                 d.device_id.clone(),
-                if t.is_empty() { "-".into() } else { t.join(",") },
+                if t.is_empty() {
+                    "-".into()
+                } else {
+                    t.join(",")
+                },
                 model(d),
                 d.presence().as_str().into(),
                 d.session
@@ -81,7 +99,14 @@ pub fn run(reader: &JournalReader, all: bool, json: bool, out: &mut impl Write) 
         .collect();
     table::write(
         out,
-        &["DEVICE", "TRANSPORTS", "MODEL", "STATE", "SESSION", "LAST CHANGE"],
+        &[
+            "DEVICE",
+            "TRANSPORTS",
+            "MODEL",
+            "STATE",
+            "SESSION",
+            "LAST CHANGE",
+        ],
         &rows,
     )?;
     Ok(())

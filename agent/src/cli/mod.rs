@@ -25,7 +25,11 @@ pub const EXIT_DATAERR: i32 = 65;
 pub const EXIT_UNAVAILABLE: i32 = 69;
 
 #[derive(Debug, Parser)]
-#[command(name = "rae-agent", version, about = "rae box agent: device discovery, journal and uplink")]
+#[command(
+    name = "rae-agent",
+    version,
+    about = "rae box agent: device discovery, journal and uplink"
+)]
 pub struct Cli {
     /// Config file [default: /etc/rae/agent.toml; built-in defaults if it does not exist]
     #[arg(long, short = 'c', global = true, value_name = "PATH")]

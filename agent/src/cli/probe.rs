@@ -31,7 +31,11 @@ pub fn run(settings: &Settings, json: bool, out: &mut impl Write) -> Result<(), 
     writeln!(
         out,
         "udev: {} ({} facets tracked)",
-        if settings.udev.enabled { "enabled" } else { "disabled" },
+        if settings.udev.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
         observations.len()
     )?;
     if devices.is_empty() {

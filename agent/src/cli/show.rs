@@ -8,7 +8,12 @@ use rae_protocol::EventKind;
 use serde_json::json;
 use std::io::Write;
 
-pub fn show(reader: &JournalReader, query: &str, json: bool, out: &mut impl Write) -> Result<(), Failure> {
+pub fn show(
+    reader: &JournalReader,
+    query: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
     let rec = reader.find_device(query)?;
     let aliases = reader.aliases(&rec.device_id)?;
     if json {
@@ -79,7 +84,11 @@ pub fn history(
             ],
         })
         .collect();
-    table::write(out, &["TIME", "SESSION", "SEQ", "KIND", "PUBLISHED", "DETAILS"], &rows)?;
+    table::write(
+        out,
+        &["TIME", "SESSION", "SEQ", "KIND", "PUBLISHED", "DETAILS"],
+        &rows,
+    )?;
     Ok(())
 }
 

@@ -56,9 +56,17 @@ pub fn run(settings: &Settings, json: bool, out: &mut impl Write) -> Result<(), 
             age(s.heartbeat_ms),
             s.boot_count
         )?,
-        None => writeln!(out, "daemon      {daemon} (no {} yet)", settings.status_path().display())?,
+        None => writeln!(
+            out,
+            "daemon      {daemon} (no {} yet)",
+            settings.status_path().display()
+        )?,
     }
-    writeln!(out, "rae_id      {}", stats.rae_id.as_deref().unwrap_or("-"))?;
+    writeln!(
+        out,
+        "rae_id      {}",
+        stats.rae_id.as_deref().unwrap_or("-")
+    )?;
     writeln!(
         out,
         "devices     {} present, {} missing, {} detached",
@@ -78,13 +86,26 @@ pub fn run(settings: &Settings, json: bool, out: &mut impl Write) -> Result<(), 
     writeln!(out, "backlog     {} unpublished{oldest}", stats.unpublished)?;
     if let Some(s) = &rt {
         if let Some(e) = &s.journal_error {
-            writeln!(out, "JOURNAL     FAILING since {}: {}", age(e.at_ms), e.message)?;
+            writeln!(
+                out,
+                "JOURNAL     FAILING since {}: {}",
+                age(e.at_ms),
+                e.message
+            )?;
         }
         for (source, e) in &s.probe_errors {
-            writeln!(out, "probe {source:<5} error {}: {}", age(e.at_ms), e.message)?;
+            writeln!(
+                out,
+                "probe {source:<5} error {}: {}",
+                age(e.at_ms),
+                e.message
+            )?;
         }
         if let Some(p) = &s.journal_moved_aside {
-            writeln!(out, "note        a corrupt journal was moved to {p} at start")?;
+            writeln!(
+                out,
+                "note        a corrupt journal was moved to {p} at start"
+            )?;
         }
         match &s.last_error {
             Some(e) => writeln!(out, "last error  {}: {}", age(e.at_ms), e.message)?,

@@ -43,7 +43,9 @@ fn from_sql_int(v: i64) -> u64 {
 }
 
 /// Reads one `devices` row (columns in the order of [`DEVICE_COLUMNS`]).
-pub fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<DeviceRecord, JournalError>> {
+pub fn device_from_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<DeviceRecord, JournalError>> {
     let attrs: Vec<u8> = row.get(2)?;
     let facets: Vec<u8> = row.get(3)?;
     let session_id: Option<String> = row.get(4)?;
@@ -78,7 +80,8 @@ pub fn device_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Devic
     })())
 }
 
-pub const DEVICE_COLUMNS: &str = "device_id, identity, attrs, facets, session_id, session_last_seq, \
+pub const DEVICE_COLUMNS: &str =
+    "device_id, identity, attrs, facets, session_id, session_last_seq, \
      session_started_ms, missing_since_ms, first_seen_ms, last_change_ms";
 
 /// Reads all device records.

@@ -43,7 +43,9 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no journal at {path}; start the daemon with `rae-agent run` (same --config) to create it")]
+    #[error(
+        "no journal at {path}; start the daemon with `rae-agent run` (same --config) to create it"
+    )]
     Missing { path: PathBuf },
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -208,7 +210,14 @@ impl Journal {
                     "INSERT INTO events (session_id, device_id, seq, ts_ms, kind, payload)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![sid, ev.device_id, seq, ts, ev.kind.name(), payload])?;
+                .execute(params![
+                    sid,
+                    ev.device_id,
+                    seq,
+                    ts,
+                    ev.kind.name(),
+                    payload
+                ])?;
                 match &ev.kind {
                     EventKind::Attached { .. } => {
                         tx.prepare_cached(
@@ -225,8 +234,10 @@ impl Journal {
                         .execute(params![sid, seq, ts, reason])?;
                     }
                     _ => {
-                        tx.prepare_cached("UPDATE sessions SET last_seq = ?2 WHERE session_id = ?1")?
-                            .execute(params![sid, seq])?;
+                        tx.prepare_cached(
+                            "UPDATE sessions SET last_seq = ?2 WHERE session_id = ?1",
+                        )?
+                        .execute(params![sid, seq])?;
                     }
                 }
             }

@@ -21,7 +21,9 @@ fn obs(syspath: &str, serial: &str, model: &str) -> Observation {
             serial: serial.into(),
             interface: None,
         }],
-        [("usb.model".to_string(), AttrValue::from(model))].into_iter().collect::<Attrs>(),
+        [("usb.model".to_string(), AttrValue::from(model))]
+            .into_iter()
+            .collect::<Attrs>(),
     )
 }
 
@@ -86,8 +88,14 @@ fn a_corrupt_database_is_moved_aside_and_a_fresh_one_created() {
     std::fs::write(&path, b"this is not a database, it is garbage ".repeat(200)).expect("write");
     let opened = Journal::open(&path, &opts()).expect("recovers");
     let aside = opened.moved_aside.expect("moved aside");
-    assert!(aside.to_string_lossy().contains(".corrupt-"), "{}", aside.display());
-    assert!(std::fs::read(&aside).expect("kept").starts_with(b"this is not"));
+    assert!(
+        aside.to_string_lossy().contains(".corrupt-"),
+        "{}",
+        aside.display()
+    );
+    assert!(std::fs::read(&aside)
+        .expect("kept")
+        .starts_with(b"this is not"));
     assert_eq!(opened.boot_count, 1, "fresh journal");
 }
 
@@ -103,7 +111,10 @@ fn a_database_from_a_newer_schema_is_refused_and_left_untouched() {
     let before = std::fs::read(&path).expect("read");
     let err = Journal::open(&path, &opts()).expect_err("refused");
     let msg = err.to_string();
-    assert!(matches!(err, JournalError::NewerSchema { found: 99, .. }), "{msg}");
+    assert!(
+        matches!(err, JournalError::NewerSchema { found: 99, .. }),
+        "{msg}"
+    );
     assert!(msg.contains("upgrade rae-agent"), "{msg}");
     assert_eq!(std::fs::read(&path).expect("read"), before);
     assert!(matches!(
@@ -126,7 +137,11 @@ fn a_full_database_fails_the_whole_transaction_and_recovers_when_space_returns()
     let t = reg.observe(&obs("/b", "S2", &big), 2, Uuid::now_v7());
     let err = j.commit(&t, 2).expect_err("disk full");
     assert!(err.is_full(), "{err}");
-    assert_eq!(count(&path, "SELECT count(*) FROM events"), 1, "nothing partial");
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM events"),
+        1,
+        "nothing partial"
+    );
     fault.unlimited();
     j.commit(&t, 3).expect("commit after space returns");
     assert_eq!(count(&path, "SELECT count(*) FROM events"), 2);
@@ -148,12 +163,20 @@ fn retention_deletes_only_published_events() {
     assert_eq!(deleted, 4, "published ids 1..=4 go");
     let left: Vec<i64> = {
         let c = Connection::open(&path).expect("open");
-        let mut s = c.prepare("SELECT id FROM events ORDER BY id").expect("prep");
-        s.query_map([], |r| r.get(0)).expect("q").map(|r| r.expect("row")).collect()
+        let mut s = c
+            .prepare("SELECT id FROM events ORDER BY id")
+            .expect("prep");
+        s.query_map([], |r| r.get(0))
+            .expect("q")
+            .map(|r| r.expect("row"))
+            .collect()
     };
     assert_eq!(left, [5, 6, 7, 8, 9, 10]);
     assert_eq!(j.apply_retention(u64::MAX / 2, 0, 1).expect("all old"), 2);
-    assert_eq!(count(&path, "SELECT count(*) FROM events WHERE published = 0"), 4);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM events WHERE published = 0"),
+        4
+    );
 }
 
 #[test]
@@ -170,8 +193,14 @@ fn the_reader_finds_devices_by_prefix_and_reports_ambiguity_and_absence() {
     feed(&mut reg, &mut j, &obs("/b", "S2", "X"), 1);
     let r = JournalReader::open(&path).expect("reader");
     let ids: Vec<String> = reg.devices().map(|d| d.device_id.clone()).collect();
-    assert_eq!(r.find_device(&ids[0][..6]).expect("prefix").device_id, ids[0]);
-    assert!(matches!(r.find_device(""), Err(FindError::NotFound(_)) | Err(FindError::Ambiguous { .. })));
+    assert_eq!(
+        r.find_device(&ids[0][..6]).expect("prefix").device_id,
+        ids[0]
+    );
+    assert!(matches!(
+        r.find_device(""),
+        Err(FindError::NotFound(_)) | Err(FindError::Ambiguous { .. })
+    ));
     assert!(matches!(r.find_device("nope"), Err(FindError::NotFound(_))));
     let stats = r.stats().expect("stats");
     assert_eq!((stats.devices_present, stats.unpublished), (2, 2));

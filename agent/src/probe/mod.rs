@@ -18,5 +18,8 @@ pub enum ProbeEvent {
     /// The probe's first full scan is complete.
     Synced(Source),
     /// The probe failed; the registry task records it for `status`.
-    Failed { source: Source, message: String },
+    Failed {
+        source: Source,
+        message: String,
+    },
 }

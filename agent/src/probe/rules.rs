@@ -68,7 +68,10 @@ mod tests {
     }
 
     fn rule(pairs: &[(&str, &str)]) -> MatchRule {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -93,7 +96,10 @@ mod tests {
             &dev
         ));
         assert!(tracked(
-            &[rule(&[("ID_VENDOR_ID", "18d1")]), rule(&[("ID_MODEL_ID", "60*")])],
+            &[
+                rule(&[("ID_VENDOR_ID", "18d1")]),
+                rule(&[("ID_MODEL_ID", "60*")])
+            ],
             &[],
             &dev
         ));
@@ -101,10 +107,17 @@ mod tests {
 
     #[test]
     fn exclude_wins_over_include_and_reads_sysfs_attributes() {
-        let hub = Dev(rule(&[("ID_VENDOR_ID", "1d6b")]), rule(&[("bDeviceClass", "09")]));
+        let hub = Dev(
+            rule(&[("ID_VENDOR_ID", "1d6b")]),
+            rule(&[("bDeviceClass", "09")]),
+        );
         let exclude = [rule(&[("attr:bDeviceClass", "09")])];
         assert!(!tracked(&[], &exclude, &hub));
-        assert!(!tracked(&[rule(&[("ID_VENDOR_ID", "1d6b")])], &exclude, &hub));
+        assert!(!tracked(
+            &[rule(&[("ID_VENDOR_ID", "1d6b")])],
+            &exclude,
+            &hub
+        ));
     }
 
     #[test]

@@ -96,8 +96,14 @@ impl UdevRecord {
                 a.insert(key.to_string(), AttrValue::Text(v));
             }
         };
-        put("usb.vendor_id", self.first(&["ID_VENDOR_ID"], &["idVendor"]));
-        put("usb.product_id", self.first(&["ID_MODEL_ID"], &["idProduct"]));
+        put(
+            "usb.vendor_id",
+            self.first(&["ID_VENDOR_ID"], &["idVendor"]),
+        );
+        put(
+            "usb.product_id",
+            self.first(&["ID_MODEL_ID"], &["idProduct"]),
+        );
         put(
             "usb.vendor",
             self.first(&["ID_VENDOR_FROM_DATABASE", "ID_VENDOR"], &["manufacturer"]),
@@ -127,7 +133,11 @@ pub fn map(rec: &UdevRecord, settings: &UdevSettings) -> Option<Observation> {
         if !tracked(rec) {
             return None;
         }
-        return Some(Observation::present(facet, rec.identifiers(None), rec.usb_attrs()));
+        return Some(Observation::present(
+            facet,
+            rec.identifiers(None),
+            rec.usb_attrs(),
+        ));
     }
     if rec.subsystem == "tty" {
         let parent = rec.usb_parent.as_deref().filter(|p| tracked(p))?;
@@ -171,7 +181,15 @@ pub fn record_of(dev: &udev::Device) -> UdevRecord {
         usb_parent: None,
         interface_number: None,
     };
-    for attr in ["bDeviceClass", "idVendor", "idProduct", "manufacturer", "product", "serial", "speed"] {
+    for attr in [
+        "bDeviceClass",
+        "idVendor",
+        "idProduct",
+        "manufacturer",
+        "product",
+        "serial",
+        "speed",
+    ] {
         if let Some(v) = dev.attribute_value(attr) {
             rec.attributes.insert(attr.to_string(), text(v));
         }
@@ -217,7 +235,10 @@ impl UdevProbe {
     /// Runs on the calling thread until shutdown; builds its own
     /// current-thread runtime because the monitor socket is not `Send`.
     pub fn run_blocking(self) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 warn!("udev probe: cannot start its runtime: {e}");
@@ -270,7 +291,12 @@ impl UdevProbe {
         }
         if !*synced {
             *synced = true;
-            if self.tx.send(ProbeEvent::Synced(Source::Udev)).await.is_err() {
+            if self
+                .tx
+                .send(ProbeEvent::Synced(Source::Udev))
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -293,7 +319,10 @@ impl UdevProbe {
                     map(&record_of(&event.device()), &self.settings)
                 }
                 other => {
-                    debug!("udev probe: ignoring {other:?} for {}", event.syspath().display());
+                    debug!(
+                        "udev probe: ignoring {other:?} for {}",
+                        event.syspath().display()
+                    );
                     None
                 }
             };

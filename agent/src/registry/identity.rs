@@ -58,9 +58,9 @@ impl IdentityRules {
     /// The identity key of the strongest usable identifier, if any besides nodes.
     pub fn identity_key(&self, ids: &[Identifier]) -> Option<String> {
         let serial = ids.iter().find_map(|id| match id {
-            Identifier::Serial { serial, interface } if self.serial_is_usable(serial) => {
-                Some(with_interface(format!("serial:{}", serial.trim()), *interface))
-            }
+            Identifier::Serial { serial, interface } if self.serial_is_usable(serial) => Some(
+                with_interface(format!("serial:{}", serial.trim()), *interface),
+            ),
             _ => None,
         });
         let port = || {
@@ -163,7 +163,10 @@ mod tests {
     fn denylist_is_case_insensitive_and_configurable() {
         let rules = IdentityRules::new(["deadbeef".to_string()]);
         assert!(!rules.serial_is_usable("DEADBEEF"));
-        assert!(rules.serial_is_usable("0000"), "replaced list no longer has 0000");
+        assert!(
+            rules.serial_is_usable("0000"),
+            "replaced list no longer has 0000"
+        );
     }
 
     #[test]

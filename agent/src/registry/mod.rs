@@ -146,8 +146,7 @@ impl Registry {
                 let (device_id, identity) = self.resolve(obs);
                 if let Some(old) = self.facet_owner.get(&obs.facet) {
                     if *old != device_id {
-                        t.changes
-                            .extend(self.facet_gone(&obs.facet, now_ms, None));
+                        t.changes.extend(self.facet_gone(&obs.facet, now_ms, None));
                     }
                 }
                 if let Some(change) =
@@ -207,7 +206,10 @@ impl Registry {
         }
         // Devices that were already missing when the agent stopped.
         for rec in self.devices.values() {
-            let already = t.changes.iter().any(|c| c.record.device_id == rec.device_id);
+            let already = t
+                .changes
+                .iter()
+                .any(|c| c.record.device_id == rec.device_id);
             if !already && rec.session.is_some() && rec.facets.is_empty() {
                 let mut next = rec.clone();
                 let mut events = Vec::new();
@@ -291,7 +293,12 @@ impl Registry {
                 started_ms: now_ms,
             });
             let attrs = next.attrs.clone();
-            push_event(&mut next, &mut events, now_ms, EventKind::Attached { attrs });
+            push_event(
+                &mut next,
+                &mut events,
+                now_ms,
+                EventKind::Attached { attrs },
+            );
         } else {
             let mut reconnects = reconnects(&next.attrs);
             if next.missing_since_ms.take().is_some() {
@@ -300,7 +307,12 @@ impl Registry {
             let merged = with_reconnects(diff::merge_facets(&next.facets), reconnects);
             if let Some((set, removed)) = diff::diff(&next.attrs, &merged) {
                 next.attrs = merged;
-                push_event(&mut next, &mut events, now_ms, EventKind::Changed { set, removed });
+                push_event(
+                    &mut next,
+                    &mut events,
+                    now_ms,
+                    EventKind::Changed { set, removed },
+                );
             }
         }
         let aliases: Vec<String> = identity::alias_strings(&obs.identifiers)
@@ -345,7 +357,12 @@ impl Registry {
                     with_reconnects(diff::merge_facets(&next.facets), reconnects(&next.attrs));
                 if let Some((set, removed)) = diff::diff(&next.attrs, &merged) {
                     next.attrs = merged;
-                    push_event(&mut next, &mut events, now_ms, EventKind::Changed { set, removed });
+                    push_event(
+                        &mut next,
+                        &mut events,
+                        now_ms,
+                        EventKind::Changed { set, removed },
+                    );
                 }
             } else if let Some(reason) = detach_reason {
                 detach(&mut next, &mut events, now_ms, reason);

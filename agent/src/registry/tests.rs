@@ -51,7 +51,12 @@ fn kinds(events: &[Event]) -> Vec<&'static str> {
 #[test]
 fn attach_opens_a_session_starting_at_seq_1() {
     let mut reg = Registry::new(RegistryConfig::default());
-    let ev = step(&mut reg, &usb("/a", "S1", "p1", &[("usb.model", "X")]), 10, 1);
+    let ev = step(
+        &mut reg,
+        &usb("/a", "S1", "p1", &[("usb.model", "X")]),
+        10,
+        1,
+    );
     assert_eq!(kinds(&ev), ["attached"]);
     assert_eq!(ev[0].seq, 1);
     assert_eq!(ev[0].session_id, sid(1));
@@ -75,8 +80,18 @@ fn observing_the_same_attributes_again_produces_nothing() {
 #[test]
 fn a_changed_attribute_produces_one_changed_event_with_the_next_seq() {
     let mut reg = Registry::new(RegistryConfig::default());
-    step(&mut reg, &usb("/a", "S1", "p1", &[("usb.model", "X")]), 10, 1);
-    let ev = step(&mut reg, &usb("/a", "S1", "p1", &[("usb.model", "Y")]), 20, 2);
+    step(
+        &mut reg,
+        &usb("/a", "S1", "p1", &[("usb.model", "X")]),
+        10,
+        1,
+    );
+    let ev = step(
+        &mut reg,
+        &usb("/a", "S1", "p1", &[("usb.model", "Y")]),
+        20,
+        2,
+    );
     assert_eq!(kinds(&ev), ["changed"]);
     assert_eq!(ev[0].seq, 2);
     assert_eq!(ev[0].session_id, sid(1));
@@ -85,7 +100,12 @@ fn a_changed_attribute_produces_one_changed_event_with_the_next_seq() {
 #[test]
 fn a_tty_facet_joins_its_usb_parent_and_leaves_again() {
     let mut reg = Registry::new(RegistryConfig::default());
-    step(&mut reg, &usb("/a", "S1", "p1", &[("usb.model", "X")]), 10, 1);
+    step(
+        &mut reg,
+        &usb("/a", "S1", "p1", &[("usb.model", "X")]),
+        10,
+        1,
+    );
     let tty = usb("/a/tty", "S1", "p1", &[("tty.node", "/dev/ttyUSB0")]);
     let ev = step(&mut reg, &tty, 11, 2);
     assert_eq!(kinds(&ev), ["changed"]);
@@ -180,7 +200,11 @@ fn a_node_only_observation_joins_the_device_that_claims_the_node() {
         attrs(&[]),
     );
     step(&mut reg, &ttys0, 3, 3);
-    assert_eq!(reg.devices().count(), 2, "an unclaimed node is its own device");
+    assert_eq!(
+        reg.devices().count(),
+        2,
+        "an unclaimed node is its own device"
+    );
 }
 
 fn snapshot_of(reg: &Registry) -> Snapshot {
@@ -199,14 +223,24 @@ fn after_a_restart_a_present_device_continues_its_session() {
     let mut reg = Registry::new(RegistryConfig::default());
     let obs = usb("/a", "S1", "p1", &[("usb.model", "X")]);
     step(&mut reg, &obs, 1, 1);
-    step(&mut reg, &usb("/a", "S1", "p1", &[("usb.model", "Y")]), 2, 2);
+    step(
+        &mut reg,
+        &usb("/a", "S1", "p1", &[("usb.model", "Y")]),
+        2,
+        2,
+    );
     let mut reg = Registry::from_snapshot(RegistryConfig::default(), snapshot_of(&reg));
     let same = usb("/a", "S1", "p1", &[("usb.model", "Y")]);
     assert!(step(&mut reg, &same, 3, 3).is_empty());
     let t = reg.reconcile(Source::Udev, 4);
     assert!(t.is_durable_noop(), "{t:?}");
     reg.apply(t);
-    let ev = step(&mut reg, &usb("/a", "S1", "p1", &[("usb.model", "Z")]), 5, 5);
+    let ev = step(
+        &mut reg,
+        &usb("/a", "S1", "p1", &[("usb.model", "Z")]),
+        5,
+        5,
+    );
     assert_eq!((ev[0].session_id, ev[0].seq), (sid(1), 3));
 }
 

@@ -50,7 +50,10 @@ impl RegistryTask {
         let mut retention = tokio::time::interval(RETENTION_INTERVAL);
         retention.reset();
         loop {
-            let expiry = self.registry.next_deadline_ms().map(|ms| self.clock.instant_at(ms));
+            let expiry = self
+                .registry
+                .next_deadline_ms()
+                .map(|ms| self.clock.instant_at(ms));
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
@@ -77,7 +80,8 @@ impl RegistryTask {
     async fn handle(&mut self, ev: ProbeEvent) {
         match ev {
             ProbeEvent::Observed(obs) => {
-                self.step(|r, now| r.observe(&obs, now, Uuid::now_v7())).await;
+                self.step(|r, now| r.observe(&obs, now, Uuid::now_v7()))
+                    .await;
             }
             ProbeEvent::Synced(source) => {
                 info!("{source} probe finished its first scan");
@@ -85,7 +89,9 @@ impl RegistryTask {
             }
             ProbeEvent::Failed { source, message } => {
                 let note = self.note(message);
-                self.status.probe_errors.insert(source.to_string(), note.clone());
+                self.status
+                    .probe_errors
+                    .insert(source.to_string(), note.clone());
                 self.status.last_error = Some(note);
                 self.write_status();
             }
@@ -122,7 +128,10 @@ impl RegistryTask {
                 }
                 Err(e) => {
                     let first = self.status.journal_error.is_none();
-                    let msg = format!("cannot write journal {}: {e}", self.journal.path().display());
+                    let msg = format!(
+                        "cannot write journal {}: {e}",
+                        self.journal.path().display()
+                    );
                     if first {
                         error!("{msg}; keeping the change in memory and retrying");
                     } else {
@@ -165,7 +174,10 @@ impl RegistryTask {
 
     fn retention(&mut self) {
         let r = self.retention;
-        match self.journal.apply_retention(self.clock.now_ms(), r.max_age_ms, r.max_events) {
+        match self
+            .journal
+            .apply_retention(self.clock.now_ms(), r.max_age_ms, r.max_events)
+        {
             Ok(0) => {}
             Ok(n) => info!("retention deleted {n} published events"),
             Err(e) => warn!("retention failed: {e}"),

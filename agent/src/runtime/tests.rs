@@ -52,13 +52,21 @@ async fn a_full_journal_is_reported_retried_and_loses_nothing() {
     let opened = open_journal(&s).expect("open");
     let fault = opened.journal.fault_handle();
     let agent = build(&s, opened).expect("build");
-    agent.probe_tx.send(plug("S1", "small")).await.expect("send");
+    agent
+        .probe_tx
+        .send(plug("S1", "small"))
+        .await
+        .expect("send");
     wait_for("first event", || events(dir.path()) == 1).await;
 
     fault.limit_pages(1);
     let big = "x".repeat(256 * 1024);
     agent.probe_tx.send(plug("S2", &big)).await.expect("send");
-    agent.probe_tx.send(plug("S3", "after")).await.expect("send");
+    agent
+        .probe_tx
+        .send(plug("S3", "after"))
+        .await
+        .expect("send");
     wait_for("journal error in status", || {
         status::read(&s.status_path()).is_some_and(|st| st.journal_error.is_some())
     })
@@ -70,7 +78,10 @@ async fn a_full_journal_is_reported_retried_and_loses_nothing() {
     assert_eq!(events(dir.path()), 1);
 
     fault.unlimited();
-    wait_for("both pending observations journaled", || events(dir.path()) == 3).await;
+    wait_for("both pending observations journaled", || {
+        events(dir.path()) == 3
+    })
+    .await;
     wait_for("error cleared", || {
         status::read(&s.status_path()).is_some_and(|st| st.journal_error.is_none())
     })
