@@ -151,8 +151,11 @@ impl Settings {
             path: path.to_path_buf(),
             source,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Settings::from_toml(&text, base).map_err(|e| match e {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let base = dir
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .unwrap_or_else(|| dir.unwrap_or(Path::new(".")).to_path_buf());
+        Settings::from_toml(&text, &base).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
                 message,
@@ -187,7 +190,7 @@ impl Settings {
             return Err(invalid("state_dir", "must not be empty"));
         }
         let state_dir = if state_dir.is_relative() {
-            base.join(state_dir)
+            normalize(&base.join(state_dir))
         } else {
             state_dir
         };
@@ -245,6 +248,22 @@ impl Settings {
             udev,
         })
     }
+}
+
+/// Removes `.` and `..` components lexically (the directory may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -347,6 +366,8 @@ mod tests {
     fn a_relative_state_dir_resolves_against_the_config_directory() {
         let s = parse("state_dir = \"state\"").expect("ok");
         assert_eq!(s.state_dir, PathBuf::from("/cfg/state"));
+        let s = parse("state_dir = \"../x/./state\"").expect("ok");
+        assert_eq!(s.state_dir, PathBuf::from("/x/state"));
     }
 
     #[test]
