@@ -7,6 +7,7 @@
 //! enabled probe.
 
 pub mod clock;
+pub mod lock;
 pub mod registry_task;
 
 use crate::config::Settings;
@@ -134,6 +135,7 @@ impl Agent {
 
 /// `rae-agent run`: open, build, wait for SIGTERM/SIGINT, drain.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let _lock = lock::acquire(&settings.state_dir)?;
     let opened = open_journal(&settings)
         .with_context(|| format!("opening journal {}", settings.journal_path().display()))?;
     info!(
