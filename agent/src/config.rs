@@ -26,7 +26,7 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config: `{key}` {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
 /// The TOML file as written.
@@ -48,6 +48,12 @@ pub struct RawConfig {
     pub registry: RawRegistry,
     #[serde(default)]
     pub udev: RawUdev,
+    /// `[serial]`: serial-port probe profiles; see `probe/serial.rs`.
+    #[serde(default)]
+    pub serial: crate::probe::serial::RawSerialConfig,
+    /// `[adb]`: the ADB host-protocol probe; see `probe/adb.rs`.
+    #[serde(default)]
+    pub adb: crate::probe::adb::RawAdbConfig,
 }
 
 /// `[journal]`
@@ -124,6 +130,8 @@ pub struct Settings {
     pub detach_grace_secs: u64,
     pub serial_denylist: Vec<String>,
     pub udev: UdevSettings,
+    pub serial: crate::probe::serial::SerialSettings,
+    pub adb: crate::probe::adb::AdbSettings,
 }
 
 impl Settings {
@@ -180,7 +188,7 @@ impl Settings {
             None => default_rae_id(),
         };
         rae_protocol::validate_segment(&rae_id).map_err(|e| ConfigError::Invalid {
-            key: "rae_id",
+            key: "rae_id".into(),
             problem: format!("is not usable in an MQTT topic: {e}"),
         })?;
         let state_dir = raw
@@ -246,6 +254,8 @@ impl Settings {
                     .collect()
             }),
             udev,
+            serial: crate::probe::serial::SerialSettings::validate(raw.serial)?,
+            adb: crate::probe::adb::AdbSettings::validate(raw.adb)?,
         })
     }
 }
@@ -266,9 +276,10 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+/// A validation error for `key` (a dotted path such as `serial.profiles[1].regex`).
+pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         problem: problem.into(),
     }
 }

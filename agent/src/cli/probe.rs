@@ -1,20 +1,34 @@
 //! `rae-agent probe`: one discovery pass with the configured rules, printed.
+//! Runs the udev enumeration and one pass of the serial and ADB probes.
 //! Writes nothing; the registry's identity rules are applied in memory.
 
 use super::devices::device_json;
 use super::{table, Failure};
 use crate::config::Settings;
-use crate::probe::udev;
+use crate::probe::{adb, serial, udev};
 use crate::registry::Registry;
 use std::io::Write;
 use uuid::Uuid;
 
 pub fn run(settings: &Settings, json: bool, out: &mut impl Write) -> Result<(), Failure> {
-    let observations = if settings.udev.enabled {
+    let mut observations = if settings.udev.enabled {
         udev::enumerate(&settings.udev)?
     } else {
         Vec::new()
     };
+    let udev_count = observations.len();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (serial, adb) = rt.block_on(async {
+        tokio::join!(
+            serial::scan_once(&settings.serial),
+            adb::scan_once(&settings.adb)
+        )
+    });
+    let (serial_count, adb_count) = (serial.len(), adb.len());
+    observations.extend(serial);
+    observations.extend(adb);
     let mut registry = Registry::new(settings.registry_config());
     let now = crate::timefmt::now_ms();
     for obs in &observations {

@@ -6,7 +6,9 @@
 //! full scan a probe sends [`ProbeEvent::Synced`], so the registry can settle
 //! devices that vanished while the agent was down.
 
+pub mod adb;
 pub mod rules;
+pub mod serial;
 pub mod udev;
 
 use crate::registry::{Observation, Source};

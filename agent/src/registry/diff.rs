@@ -3,13 +3,15 @@
 //! Invariant: `diff(a, b)` is `None` exactly when `a == b`, so setting an
 //! attribute to its current value never produces an event.
 
+use super::liveness;
 use super::observation::FacetKey;
-use rae_protocol::Attrs;
+use rae_protocol::{AttrValue, Attrs};
 use std::collections::BTreeMap;
 
 /// The merged view of a device's facets. On a key asserted by two facets,
 /// the facet that sorts last wins (deterministic; sources rarely overlap
-/// because each namespaces its attributes, e.g. `usb.*`, `android.*`).
+/// because each namespaces its attributes, e.g. `usb.*`, `android.*`),
+/// except `state`, which is combined by liveness precedence.
 pub fn merge_facets(facets: &BTreeMap<FacetKey, Attrs>) -> Attrs {
     let mut out = Attrs::new();
     for attrs in facets.values() {
@@ -17,6 +19,10 @@ pub fn merge_facets(facets: &BTreeMap<FacetKey, Attrs>) -> Attrs {
             out.insert(k.clone(), v.clone());
         }
     }
+    out.insert(
+        liveness::STATE_ATTR.to_string(),
+        AttrValue::Text(liveness::combine(facets.values())),
+    );
     out
 }
 
@@ -54,7 +60,6 @@ pub fn apply_diff(attrs: &mut Attrs, set: &Attrs, removed: &[String]) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rae_protocol::AttrValue;
 
     fn attrs(pairs: &[(&str, &str)]) -> Attrs {
         pairs

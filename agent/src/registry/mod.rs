@@ -14,6 +14,7 @@
 
 pub mod diff;
 pub mod identity;
+pub mod liveness;
 pub mod observation;
 pub mod record;
 

@@ -63,7 +63,7 @@ fn attach_opens_a_session_starting_at_seq_1() {
     assert_eq!(
         ev[0].kind,
         EventKind::Attached {
-            attrs: attrs(&[("usb.model", "X")])
+            attrs: attrs(&[("state", "online"), ("usb.model", "X")])
         }
     );
 }
@@ -160,6 +160,58 @@ fn a_device_gone_past_the_grace_period_is_detached_and_returns_with_a_new_sessio
     assert_eq!(kinds(&ev), ["attached"]);
     assert_eq!((ev[0].session_id, ev[0].seq), (sid(9), 1));
     assert_eq!(reg.devices().count(), 1, "same device id across re-plugs");
+}
+
+#[test]
+fn the_state_attribute_combines_the_facets_opinions_by_precedence() {
+    let mut reg = Registry::new(RegistryConfig::default());
+    step(&mut reg, &usb("/a", "S1", "p1", &[]), 1, 1);
+    let adb = |state: &str| {
+        Observation::present(
+            FacetKey::new(Source::Adb, "S1"),
+            vec![Identifier::Serial {
+                serial: "S1".into(),
+                interface: None,
+            }],
+            attrs(&[("state", state)]),
+        )
+    };
+    let ev = step(&mut reg, &adb("unauthorized"), 2, 2);
+    assert_eq!(
+        ev[0].kind,
+        EventKind::Changed {
+            set: attrs(&[("state", "unauthorized")]),
+            removed: vec![]
+        }
+    );
+    let ev = step(&mut reg, &adb("online"), 3, 3);
+    assert_eq!(kinds(&ev), ["changed"]);
+    let ev = step(
+        &mut reg,
+        &Observation::absent(FacetKey::new(Source::Adb, "S1")),
+        4,
+        4,
+    );
+    assert!(ev.is_empty(), "back to no opinion = online: no change");
+    assert_eq!(reg.devices().count(), 1, "udev and adb are one record");
+}
+
+#[test]
+fn a_device_missing_on_one_transport_but_present_on_another_is_not_detached() {
+    let mut reg = Registry::new(RegistryConfig::default());
+    step(&mut reg, &usb("/a", "S1", "p1", &[]), 1, 1);
+    let adb = Observation::present(
+        FacetKey::new(Source::Adb, "S1"),
+        vec![Identifier::Serial {
+            serial: "S1".into(),
+            interface: None,
+        }],
+        attrs(&[("state", "online")]),
+    );
+    step(&mut reg, &adb, 2, 2);
+    step(&mut reg, &gone("/a"), 3, 3);
+    assert!(reg.expire(1_000_000).is_durable_noop());
+    assert_eq!(reg.next_deadline_ms(), None);
 }
 
 #[test]

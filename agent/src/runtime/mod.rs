@@ -12,6 +12,8 @@ pub mod registry_task;
 
 use crate::config::Settings;
 use crate::journal::{Journal, JournalOptions, Opened};
+use crate::probe::adb::AdbProbe;
+use crate::probe::serial::SerialProbe;
 use crate::probe::udev::UdevProbe;
 use crate::probe::ProbeEvent;
 use crate::registry::Registry;
@@ -97,6 +99,26 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
         tasks.spawn_blocking(move || probe.run_blocking());
     } else {
         info!("udev probe disabled in config");
+    }
+    if settings.serial.enabled() {
+        tasks.spawn(
+            SerialProbe {
+                settings: settings.serial.clone(),
+                tx: probe_tx.clone(),
+                shutdown: shutdown_rx.clone(),
+            }
+            .run(),
+        );
+    }
+    if settings.adb.enabled() {
+        tasks.spawn(
+            AdbProbe {
+                settings: settings.adb.clone(),
+                tx: probe_tx.clone(),
+                shutdown: shutdown_rx.clone(),
+            }
+            .run(),
+        );
     }
     Ok(Agent {
         tasks,
