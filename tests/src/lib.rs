@@ -7,5 +7,8 @@
 //! * [`umockdev`] — drive the *real* libudev (the `udev` crate enumerator and the
 //!   `tokio-udev` async monitor) against an in-process umockdev testbed, with
 //!   hand-written device fixtures under `tests/fixtures/udev/`.
+//! * [`agent`] — run `rae-agent` (in-process or the real binary as a child
+//!   process) and read back its journal.
 
+pub mod agent;
 pub mod umockdev;

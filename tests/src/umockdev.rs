@@ -693,6 +693,21 @@ impl Testbed {
         Ok(())
     }
 
+    /// Sets a sysfs attribute of a testbed device, atomically (temporary file
+    /// + rename, so a concurrent reader never sees it half written). No
+    /// uevent is sent; follow it with [`Testbed::uevent`]`(syspath, "change")`.
+    pub fn set_attribute(&self, syspath: &str, name: &str, value: &str) -> Result<()> {
+        ensure!(
+            !name.is_empty() && !name.contains('/') && !name.starts_with('.'),
+            "invalid attribute name {name:?}"
+        );
+        let dir = self.device_dir(syspath)?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, value).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(name))
+            .with_context(|| format!("setting {syspath}/{name}"))
+    }
+
     /// Syspaths of `syspath` and of every device below it in the testbed,
     /// parent first (the order in which the kernel announces them).
     pub fn device_subtree(&self, syspath: &str) -> Result<Vec<String>> {

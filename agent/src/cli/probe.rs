@@ -42,15 +42,13 @@ pub fn run(settings: &Settings, json: bool, out: &mut impl Write) -> Result<(), 
         writeln!(out)?;
         return Ok(());
     }
+    let onoff = |on: bool| if on { "enabled" } else { "disabled" };
     writeln!(
         out,
-        "udev: {} ({} facets tracked)",
-        if settings.udev.enabled {
-            "enabled"
-        } else {
-            "disabled"
-        },
-        observations.len()
+        "udev: {} ({udev_count} facets)  serial: {} ({serial_count} ports)  adb: {} ({adb_count} devices)",
+        onoff(settings.udev.enabled),
+        onoff(settings.serial.enabled()),
+        onoff(settings.adb.enabled()),
     )?;
     if devices.is_empty() {
         writeln!(out, "no devices found")?;
