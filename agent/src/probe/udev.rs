@@ -142,13 +142,11 @@ pub fn map(rec: &UdevRecord, settings: &UdevSettings) -> Option<Observation> {
     if rec.subsystem == "tty" {
         let parent = rec.usb_parent.as_deref().filter(|p| tracked(p))?;
         let node = rec.devnode.clone()?;
-        let interface = rec.interface_number.or_else(|| {
-            rec.property("ID_USB_INTERFACE_NUM")
-                .and_then(|n| u8::from_str_radix(n.trim(), 16).ok())
+        let ids = tty_record_identifiers(rec)?;
+        let own_device = ids.iter().find_map(|id| match id {
+            Identifier::Serial { interface, .. } | Identifier::Port { interface, .. } => *interface,
+            _ => None,
         });
-        let own_device = interface.filter(|n| *n > 0);
-        let mut ids = parent.identifiers(own_device);
-        ids.push(Identifier::Node(node.clone()));
         let mut attrs = Attrs::new();
         if let Some(n) = own_device {
             attrs = parent.usb_attrs();
@@ -158,6 +156,34 @@ pub fn map(rec: &UdevRecord, settings: &UdevSettings) -> Option<Observation> {
         return Some(Observation::present(facet, ids, attrs));
     }
     None
+}
+
+/// The identifiers of a tty device node as the udev probe reports them (its
+/// USB parent's serial and port, with the interface number when it is not
+/// 0, plus the node), so other probes of the same port land on the same
+/// record in any order. Just the node for a non-USB tty or without udev.
+pub fn tty_identifiers(node: &str) -> Vec<Identifier> {
+    let fallback = vec![Identifier::Node(node.to_string())];
+    let Some(name) = std::path::Path::new(node).file_name() else {
+        return fallback;
+    };
+    let Ok(dev) = udev::Device::from_subsystem_sysname("tty".into(), name.to_string_lossy().into())
+    else {
+        return fallback;
+    };
+    tty_record_identifiers(&record_of(&dev)).unwrap_or(fallback)
+}
+
+fn tty_record_identifiers(rec: &UdevRecord) -> Option<Vec<Identifier>> {
+    let parent = rec.usb_parent.as_deref()?;
+    let node = rec.devnode.clone()?;
+    let interface = rec.interface_number.or_else(|| {
+        rec.property("ID_USB_INTERFACE_NUM")
+            .and_then(|n| u8::from_str_radix(n.trim(), 16).ok())
+    });
+    let mut ids = parent.identifiers(interface.filter(|n| *n > 0));
+    ids.push(Identifier::Node(node));
+    Some(ids)
 }
 
 /// The observation for a device that was removed.
