@@ -215,6 +215,41 @@ fn a_device_missing_on_one_transport_but_present_on_another_is_not_detached() {
 }
 
 #[test]
+fn an_adb_over_tcp_device_is_its_own_device_keyed_by_its_adb_serial() {
+    let mut reg = Registry::new(RegistryConfig::default());
+    step(&mut reg, &usb("/a", "S1", "p1", &[]), 1, 1);
+    let tcp = Observation::present(
+        FacetKey::new(Source::Adb, "192.168.1.50:5555"),
+        vec![Identifier::Network("192.168.1.50:5555".into())],
+        attrs(&[("state", "online")]),
+    );
+    step(&mut reg, &tcp, 2, 2);
+    assert_eq!(reg.devices().count(), 2);
+    let id = identity::device_id_for("net:192.168.1.50:5555");
+    assert_eq!(reg.device(&id).map(|d| d.identity.as_str()), Some("net:192.168.1.50:5555"));
+}
+
+#[test]
+fn a_phone_seen_by_udev_and_adb_is_one_device_with_both_attribute_sets() {
+    let mut reg = Registry::new(RegistryConfig::default());
+    let phone = usb("/p", "R58M12ABCDE", "p3", &[("usb.model", "Pixel 7")]);
+    step(&mut reg, &phone, 1, 1);
+    let adb = Observation::present(
+        FacetKey::new(Source::Adb, "R58M12ABCDE"),
+        vec![Identifier::Serial {
+            serial: "R58M12ABCDE".into(),
+            interface: None,
+        }],
+        attrs(&[("android.product.model", "Pixel 7"), ("state", "online")]),
+    );
+    step(&mut reg, &adb, 2, 2);
+    let devices: Vec<_> = reg.devices().collect();
+    assert_eq!(devices.len(), 1);
+    assert!(devices[0].attrs.contains_key("usb.model"));
+    assert!(devices[0].attrs.contains_key("android.product.model"));
+}
+
+#[test]
 fn two_devices_sharing_a_denylisted_serial_on_different_ports_stay_two_devices() {
     let mut reg = Registry::new(RegistryConfig::default());
     step(&mut reg, &usb("/a", "0123456789ABCDEF", "p1", &[]), 1, 1);
