@@ -32,12 +32,26 @@ pub fn transports(rec: &DeviceRecord) -> Vec<&'static str> {
     set.into_iter().collect()
 }
 
+/// The state column: the liveness `state` attribute while present, else
+/// `missing` or `detached`.
+pub fn state(rec: &DeviceRecord) -> String {
+    match rec.presence() {
+        Presence::Present => rec
+            .attrs
+            .get(crate::registry::liveness::STATE_ATTR)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| crate::registry::liveness::DEFAULT_STATE.into()),
+        other => other.as_str().into(),
+    }
+}
+
 /// The stable JSON object of one device (documented in docs/CLI.md).
 pub fn device_json(rec: &DeviceRecord) -> serde_json::Value {
     json!({
         "device_id": rec.device_id,
         "identity": rec.identity,
-        "state": rec.presence().as_str(),
+        "state": state(rec),
+        "presence": rec.presence().as_str(),
         "transports": transports(rec),
         "model": model(rec),
         "session_id": rec.session.as_ref().map(|s| s.id.to_string()),
@@ -88,7 +102,7 @@ pub fn run(
                     t.join(",")
                 },
                 model(d),
-                d.presence().as_str().into(),
+                state(d),
                 d.session
                     .as_ref()
                     .map(|s| format!("{} #{}", short_session(&s.id), s.last_seq))

@@ -1,6 +1,6 @@
 //! `rae-agent show` and `rae-agent history`.
 
-use super::devices::{device_json, model, transports};
+use super::devices::{device_json, model, state, transports};
 use super::{table, Failure};
 use crate::journal::read::{HistoryEntry, JournalReader};
 use crate::timefmt;
@@ -26,7 +26,12 @@ pub fn show(
     writeln!(out, "device      {}", rec.device_id)?;
     writeln!(out, "identity    {}", rec.identity)?;
     writeln!(out, "model       {}", model(&rec))?;
-    writeln!(out, "state       {}", rec.presence().as_str())?;
+    writeln!(
+        out,
+        "state       {} ({})",
+        state(&rec),
+        rec.presence().as_str()
+    )?;
     writeln!(out, "transports  {}", transports(&rec).join(", "))?;
     match &rec.session {
         Some(s) => writeln!(
