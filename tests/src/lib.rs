@@ -11,4 +11,5 @@
 //!   process) and read back its journal.
 
 pub mod agent;
+pub mod fake_adb;
 pub mod umockdev;

@@ -693,9 +693,10 @@ impl Testbed {
         Ok(())
     }
 
-    /// Sets a sysfs attribute of a testbed device, atomically (temporary file
-    /// + rename, so a concurrent reader never sees it half written). No
-    /// uevent is sent; follow it with [`Testbed::uevent`]`(syspath, "change")`.
+    /// Sets a sysfs attribute of a testbed device atomically (a temporary
+    /// file renamed over it, so a concurrent reader never sees it half
+    /// written). No uevent is sent; follow it with a `"change"`
+    /// [`Testbed::uevent`].
     pub fn set_attribute(&self, syspath: &str, name: &str, value: &str) -> Result<()> {
         ensure!(
             !name.is_empty() && !name.contains('/') && !name.starts_with('.'),
@@ -704,8 +705,7 @@ impl Testbed {
         let dir = self.device_dir(syspath)?;
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, value).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join(name))
-            .with_context(|| format!("setting {syspath}/{name}"))
+        std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("setting {syspath}/{name}"))
     }
 
     /// Syspaths of `syspath` and of every device below it in the testbed,
