@@ -21,7 +21,7 @@ use crate::registry::{FacetKey, Identifier, Observation, Source};
 use log::{debug, info, warn};
 use rae_protocol::{AttrValue, Attrs};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -278,8 +278,9 @@ impl UdevProbe {
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(500);
         let mut synced = false;
+        let mut reported = BTreeSet::new();
         loop {
-            match self.session(&mut synced).await {
+            match self.session(&mut synced, &mut reported).await {
                 Ok(()) => return,
                 Err(e) => {
                     warn!("udev probe failed: {e}; retrying in {backoff:?}");
@@ -301,7 +302,13 @@ impl UdevProbe {
     }
 
     /// Listen, enumerate, then follow events. `Ok` means shutdown.
-    async fn session(&mut self, synced: &mut bool) -> std::io::Result<()> {
+    /// `reported` holds the syspaths last reported present, so a re-scan
+    /// after a monitor failure also reports what vanished in between.
+    async fn session(
+        &mut self,
+        synced: &mut bool,
+        reported: &mut BTreeSet<String>,
+    ) -> std::io::Result<()> {
         // Listen before enumerating, so nothing plugged in between is missed.
         let socket = udev::MonitorBuilder::new()?
             .match_subsystem("usb")?
@@ -309,8 +316,15 @@ impl UdevProbe {
             .listen()?;
         let mut socket = tokio_udev::AsyncMonitorSocket::new(socket)?;
         let found = enumerate(&self.settings)?;
-        info!("udev probe: {} tracked device facets at start", found.len());
-        for obs in found {
+        info!(
+            "udev probe: {} tracked device facets found by a full scan",
+            found.len()
+        );
+        let now: BTreeSet<String> = found.iter().map(|o| o.facet.key.clone()).collect();
+        let vanished: Vec<String> = reported.difference(&now).cloned().collect();
+        *reported = now;
+        let removals = vanished.iter().map(|syspath| map_removed(syspath));
+        for obs in removals.chain(found) {
             if self.tx.send(ProbeEvent::Observed(obs)).await.is_err() {
                 return Ok(());
             }
@@ -353,6 +367,10 @@ impl UdevProbe {
                 }
             };
             if let Some(obs) = obs {
+                match obs.presence {
+                    crate::registry::Presence::Present => reported.insert(obs.facet.key.clone()),
+                    crate::registry::Presence::Absent => reported.remove(&obs.facet.key),
+                };
                 if self.tx.send(ProbeEvent::Observed(obs)).await.is_err() {
                     return Ok(());
                 }

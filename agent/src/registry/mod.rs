@@ -69,6 +69,10 @@ pub struct Registry {
     facet_owner: BTreeMap<FacetKey, String>,
     /// Facets loaded at start that no probe has confirmed yet.
     unconfirmed: BTreeSet<FacetKey>,
+    /// Loaded from a journal and no probe has reconciled yet: grace periods
+    /// that ran out while the agent was down wait for the first scan, so a
+    /// device plugged back in meanwhile keeps its session.
+    awaiting_reconcile: bool,
 }
 
 impl Registry {
@@ -87,6 +91,7 @@ impl Registry {
             aliases: snapshot.aliases.into_iter().collect(),
             facet_owner: BTreeMap::new(),
             unconfirmed: BTreeSet::new(),
+            awaiting_reconcile: !snapshot.devices.is_empty(),
         };
         for rec in snapshot.devices {
             for facet in rec.facets.keys() {
@@ -120,6 +125,9 @@ impl Registry {
 
     /// The earliest time at which [`Registry::expire`] has work to do.
     pub fn next_deadline_ms(&self) -> Option<u64> {
+        if self.awaiting_reconcile {
+            return None;
+        }
         self.devices
             .values()
             .filter(|r| r.session.is_some())
@@ -163,6 +171,9 @@ impl Registry {
     /// Detaches every device whose grace period has run out by `now_ms`.
     pub fn expire(&self, now_ms: u64) -> Transition {
         let mut t = Transition::default();
+        if self.awaiting_reconcile {
+            return t;
+        }
         for rec in self.devices.values() {
             let due = rec
                 .missing_since_ms
@@ -185,7 +196,10 @@ impl Registry {
     /// facets loaded from the journal that it did not see are gone, and a
     /// device left with no facet is detached as `missing-at-start` at once.
     pub fn reconcile(&self, source: Source, now_ms: u64) -> Transition {
-        let mut t = Transition::default();
+        let mut t = Transition {
+            reconciled: true,
+            ..Transition::default()
+        };
         let mut per_device: BTreeMap<&str, Vec<&FacetKey>> = BTreeMap::new();
         for facet in self.unconfirmed.iter().filter(|f| f.source == source) {
             if let Some(owner) = self.facet_owner.get(facet) {
@@ -227,6 +241,9 @@ impl Registry {
 
     /// Makes a committed transition the current state.
     pub fn apply(&mut self, t: Transition) {
+        if t.reconciled {
+            self.awaiting_reconcile = false;
+        }
         if let Some(f) = t.confirmed {
             self.unconfirmed.remove(&f);
         }

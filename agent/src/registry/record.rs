@@ -95,6 +95,8 @@ pub struct Transition {
     pub(crate) confirmed: Option<FacetKey>,
     /// Facets loaded at start that a source did not confirm (reconcile).
     pub(crate) unconfirmed_dropped: Vec<FacetKey>,
+    /// A probe's first scan after start has been reconciled.
+    pub(crate) reconciled: bool,
 }
 
 impl Transition {

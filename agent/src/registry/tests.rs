@@ -226,7 +226,10 @@ fn an_adb_over_tcp_device_is_its_own_device_keyed_by_its_adb_serial() {
     step(&mut reg, &tcp, 2, 2);
     assert_eq!(reg.devices().count(), 2);
     let id = identity::device_id_for("net:192.168.1.50:5555");
-    assert_eq!(reg.device(&id).map(|d| d.identity.as_str()), Some("net:192.168.1.50:5555"));
+    assert_eq!(
+        reg.device(&id).map(|d| d.identity.as_str()),
+        Some("net:192.168.1.50:5555")
+    );
 }
 
 #[test]
@@ -362,6 +365,31 @@ fn after_a_restart_a_device_gone_meanwhile_is_detached_as_missing_at_start() {
     assert_eq!(detached, want);
     reg.apply(t);
     assert!(reg.reconcile(Source::Udev, 5).is_durable_noop());
+}
+
+#[test]
+fn a_grace_period_that_ran_out_while_the_agent_was_down_waits_for_the_first_scan() {
+    let mut reg = Registry::new(RegistryConfig::default());
+    let obs = usb("/a", "S1", "p1", &[]);
+    step(&mut reg, &obs, 1_000, 1);
+    step(&mut reg, &gone("/a"), 2_000, 2);
+    let mut reg = Registry::from_snapshot(RegistryConfig::default(), snapshot_of(&reg));
+    assert_eq!(reg.next_deadline_ms(), None);
+    assert!(
+        reg.expire(60_000).is_durable_noop(),
+        "no detach before the scan"
+    );
+    let ev = step(&mut reg, &obs, 60_000, 3);
+    assert_eq!(kinds(&ev), ["changed"], "plugged back in: same session");
+    assert_eq!(ev[0].session_id, sid(1));
+    let t = reg.reconcile(Source::Udev, 60_001);
+    reg.apply(t);
+    step(&mut reg, &gone("/a"), 61_000, 4);
+    assert_eq!(
+        reg.next_deadline_ms(),
+        Some(66_000),
+        "timers run after the scan"
+    );
 }
 
 #[derive(Debug, Clone)]
