@@ -298,10 +298,9 @@ async fn the_probe_survives_a_server_restart_with_backoff_and_one_failure_report
             p.present.is_empty() && p.failures.len() == 1
         })
         .await?;
-    assert!(
-        probe.failures[0].contains("adb server closed the connection"),
-        "{:?}",
-        probe.failures
+    assert_eq!(
+        probe.failures,
+        ["adb server closed the connection while tracking devices"]
     );
     probe.settle(Duration::from_millis(1500)).await; // refused retries
                                                      // Back, but hanging up on every connection: count the attempts.
@@ -489,6 +488,7 @@ async fn scan_once_lists_devices_with_properties_and_an_absent_server_gives_none
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_seen_by_udev_and_adb_is_one_registry_device() -> Result<()> {
     use rae_agent::journal::read::JournalReader;
+    use rae_agent::registry::DeviceRecord;
     use rae_agent::runtime::{build, open_journal, SHUTDOWN_DEADLINE};
     let fake = FakeAdbServer::start().await?;
     fake.add_device(PHONE, "device", PHONE_PROPS);
@@ -520,15 +520,16 @@ async fn a_phone_seen_by_udev_and_adb_is_one_registry_device() -> Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
     let devices = loop {
         let devices = JournalReader::open(&journal)?.devices()?;
-        if devices
-            .iter()
-            .any(|d| d.attrs.contains_key("android.product.model"))
-        {
+        // Both facets in one record; the device count is checked below.
+        let merged = |d: &DeviceRecord| {
+            d.attrs.contains_key("android.product.model") && d.attrs.contains_key("usb.vendor_id")
+        };
+        if devices.iter().any(merged) {
             break devices;
         }
         ensure!(
             tokio::time::Instant::now() < deadline,
-            "no android.* attributes journaled: {devices:#?}"
+            "no record with both usb.* and android.* attributes: {devices:#?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
