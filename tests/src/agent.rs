@@ -70,7 +70,7 @@ impl AgentConfig {
     pub fn toml(&self) -> String {
         format!(
             "rae_id = {:?}\nstate_dir = {:?}\nlog_level = \"debug\"\n\n\
-             [registry]\ndetach_grace_secs = {}\n\n[udev]\nenabled = true\n",
+             [registry]\ndetach_grace_secs = {}\n\n[udev]\nenabled = true\n\n[adb]\nenabled = false\n",
             self.rae_id,
             self.state_dir.display().to_string(),
             self.detach_grace_secs

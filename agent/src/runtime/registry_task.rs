@@ -80,10 +80,12 @@ impl RegistryTask {
     async fn handle(&mut self, ev: ProbeEvent) {
         match ev {
             ProbeEvent::Observed(obs) => {
+                self.probe_healthy(obs.facet.source);
                 self.step(|r, now| r.observe(&obs, now, Uuid::now_v7()))
                     .await;
             }
             ProbeEvent::Synced(source) => {
+                self.probe_healthy(source);
                 info!("{source} probe finished its first scan");
                 self.step(|r, now| r.reconcile(source, now)).await;
             }
@@ -153,6 +155,14 @@ impl RegistryTask {
                 }
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// A probe that reports again has recovered from its last failure.
+    fn probe_healthy(&mut self, source: crate::registry::Source) {
+        if self.status.probe_errors.remove(source.as_str()).is_some() {
+            info!("{source} probe recovered");
+            self.write_status();
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 fn settings(dir: &Path) -> Settings {
     let text = format!(
-        "rae_id = \"rae-test\"\nstate_dir = {:?}\n[udev]\nenabled = false\n",
+        "rae_id = \"rae-test\"\nstate_dir = {:?}\n[udev]\nenabled = false\n[adb]\nenabled = false\n",
         dir.display().to_string()
     );
     Settings::from_toml(&text, dir).expect("settings")
@@ -99,15 +99,24 @@ async fn a_probe_failure_is_reported_and_other_events_still_flow() {
     agent
         .probe_tx
         .send(ProbeEvent::Failed {
-            source: Source::Udev,
-            message: "netlink: permission denied".into(),
+            source: Source::Adb,
+            message: "adb server 127.0.0.1:5037 unreachable: connection refused".into(),
         })
         .await
         .expect("send");
     agent.probe_tx.send(plug("S1", "m")).await.expect("send");
     wait_for("event", || events(dir.path()) == 1).await;
     wait_for("probe error in status", || {
-        status::read(&s.status_path()).is_some_and(|st| st.probe_errors.contains_key("udev"))
+        status::read(&s.status_path()).is_some_and(|st| st.probe_errors.contains_key("adb"))
+    })
+    .await;
+    agent
+        .probe_tx
+        .send(ProbeEvent::Synced(Source::Adb))
+        .await
+        .expect("send");
+    wait_for("adb error cleared once the probe reports again", || {
+        status::read(&s.status_path()).is_some_and(|st| st.probe_errors.is_empty())
     })
     .await;
     agent.shutdown(Duration::from_secs(4)).await;
