@@ -54,6 +54,9 @@ pub struct RawConfig {
     /// `[adb]`: the ADB host-protocol probe; see `probe/adb.rs`.
     #[serde(default)]
     pub adb: crate::probe::adb::RawAdbConfig,
+    /// `[mqtt]`: the uplink; absent = offline. See `uplink/config.rs`.
+    #[serde(default)]
+    pub mqtt: crate::uplink::RawMqttConfig,
 }
 
 /// `[journal]`
@@ -132,6 +135,7 @@ pub struct Settings {
     pub udev: UdevSettings,
     pub serial: crate::probe::serial::SerialSettings,
     pub adb: crate::probe::adb::AdbSettings,
+    pub mqtt: crate::uplink::MqttSettings,
 }
 
 impl Settings {
@@ -256,6 +260,7 @@ impl Settings {
             udev,
             serial: crate::probe::serial::SerialSettings::validate(raw.serial)?,
             adb: crate::probe::adb::AdbSettings::validate(raw.adb)?,
+            mqtt: crate::uplink::MqttSettings::validate(raw.mqtt)?,
         })
     }
 }

@@ -14,3 +14,4 @@ pub mod registry;
 pub mod runtime;
 pub mod status;
 pub mod timefmt;
+pub mod uplink;

@@ -36,6 +36,24 @@ pub struct RuntimeStatus {
     pub journal_moved_aside: Option<String>,
     /// Observations not yet journaled because the journal is failing.
     pub pending_observations: u64,
+    /// The MQTT uplink; `None` in offline mode.
+    #[serde(default)]
+    pub uplink: Option<UplinkStatus>,
+}
+
+/// What the uplink reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub connected: bool,
+    pub broker: String,
+    pub last_puback_ms: Option<u64>,
+    /// Events acknowledged by the broker since start.
+    pub published: u64,
+    /// Checkpoint events acknowledged since start.
+    pub checkpoints: u64,
+    /// Unknown or malformed commands ignored since start.
+    pub commands_rejected: u64,
+    pub last_error: Option<String>,
 }
 
 /// Writes the status atomically.

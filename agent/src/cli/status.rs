@@ -84,6 +84,32 @@ pub fn run(settings: &Settings, json: bool, out: &mut impl Write) -> Result<(), 
         .map(|t| format!(", oldest {}", age(t)))
         .unwrap_or_default();
     writeln!(out, "backlog     {} unpublished{oldest}", stats.unpublished)?;
+    match rt.as_ref().and_then(|s| s.uplink.as_ref()) {
+        Some(u) => {
+            let link = match (daemon, u.connected) {
+                ("running", true) => "connected to",
+                ("running", false) => "DISCONNECTED from",
+                _ => "not running; broker",
+            };
+            let last = u
+                .last_puback_ms
+                .map(|t| format!(", last PUBACK {}", age(t)))
+                .unwrap_or_default();
+            writeln!(out, "uplink      {link} {}{last}", u.broker)?;
+            writeln!(
+                out,
+                "published   {} events, {} checkpoints; {} commands rejected",
+                u.published, u.checkpoints, u.commands_rejected
+            )?;
+            if let Some(e) = &u.last_error {
+                writeln!(out, "uplink err  {e}")?;
+            }
+        }
+        None => writeln!(
+            out,
+            "uplink      offline mode (no [mqtt] broker configured)"
+        )?,
+    }
     if let Some(s) = &rt {
         if let Some(e) = &s.journal_error {
             writeln!(

@@ -12,6 +12,7 @@
 //! Only the daemon writes ([`Journal`]); the CLI reads ([`read::JournalReader`]).
 
 mod codec;
+pub mod outbox;
 pub mod read;
 pub mod schema;
 

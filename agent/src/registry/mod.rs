@@ -239,6 +239,33 @@ impl Registry {
         t
     }
 
+    /// A `checkpoint` (the full record, taking the next `seq`) for every
+    /// present device with an open session, or only for `session`.
+    pub fn checkpoint(&self, now_ms: u64, session: Option<Uuid>) -> Transition {
+        let mut t = Transition::default();
+        for rec in self.devices.values() {
+            let Some(s) = &rec.session else { continue };
+            if rec.missing_since_ms.is_some() || session.is_some_and(|id| id != s.id) {
+                continue;
+            }
+            let mut next = rec.clone();
+            let mut events = Vec::new();
+            let attrs = next.attrs.clone();
+            push_event(
+                &mut next,
+                &mut events,
+                now_ms,
+                EventKind::Checkpoint { attrs },
+            );
+            t.changes.push(DeviceChange {
+                record: next,
+                events,
+                aliases: Vec::new(),
+            });
+        }
+        t
+    }
+
     /// Makes a committed transition the current state.
     pub fn apply(&mut self, t: Transition) {
         if t.reconciled {

@@ -392,6 +392,35 @@ fn a_grace_period_that_ran_out_while_the_agent_was_down_waits_for_the_first_scan
     );
 }
 
+#[test]
+fn a_checkpoint_takes_the_next_seq_and_carries_the_full_record() {
+    let mut reg = Registry::new(RegistryConfig::default());
+    step(
+        &mut reg,
+        &usb("/a", "S1", "p1", &[("usb.model", "X")]),
+        1,
+        1,
+    );
+    step(&mut reg, &usb("/b", "S2", "p2", &[]), 1, 2);
+    step(&mut reg, &gone("/b"), 2, 3); // missing: no checkpoint
+    let t = reg.checkpoint(3, None);
+    let ev: Vec<Event> = t.events().cloned().collect();
+    reg.apply(t);
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].session_id, ev[0].seq), (sid(1), 2));
+    assert_eq!(
+        ev[0].kind,
+        EventKind::Checkpoint {
+            attrs: attrs(&[("state", "online"), ("usb.model", "X")])
+        }
+    );
+    assert!(
+        reg.checkpoint(4, Some(sid(99))).is_durable_noop(),
+        "unknown session"
+    );
+    assert_eq!(reg.checkpoint(4, Some(sid(1))).events().count(), 1);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Plug(usize, u8),

@@ -17,12 +17,16 @@ use crate::probe::serial::SerialProbe;
 use crate::probe::udev::UdevProbe;
 use crate::probe::ProbeEvent;
 use crate::registry::Registry;
-use crate::status::RuntimeStatus;
+use crate::status::{RuntimeStatus, UplinkStatus};
+use crate::uplink::messages::BirthInfo;
+use crate::uplink::Uplink;
 use anyhow::Context;
 use clock::Clock;
 use log::{info, warn};
 use registry_task::{RegistryTask, Retention};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -62,6 +66,12 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
     let registry = Registry::from_snapshot(settings.registry_config(), snapshot);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (probe_tx, probe_rx) = mpsc::channel(PROBE_CHANNEL_CAPACITY);
+    let (command_tx, command_rx) = mpsc::channel(16);
+    let journal_changed = Arc::new(Notify::new());
+    let uplink_status = settings
+        .mqtt
+        .enabled()
+        .then(|| Arc::new(Mutex::new(UplinkStatus::default())));
     let now = clock.now_ms();
     let status = RuntimeStatus {
         pid: std::process::id(),
@@ -72,6 +82,11 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
         running: true,
         journal_moved_aside: opened.moved_aside.map(|p| p.display().to_string()),
         ..RuntimeStatus::default()
+    };
+    let birth = BirthInfo {
+        agent_version: status.version.clone(),
+        started_ms: status.started_ms,
+        boot_count: status.boot_count,
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(
@@ -87,9 +102,30 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
                 max_events: settings.retention_max_events,
             },
             clock,
+            commands: command_rx,
+            journal_changed: journal_changed.clone(),
+            uplink_status: uplink_status.clone(),
         }
         .run(),
     );
+    match uplink_status {
+        Some(status) => {
+            tasks.spawn(
+                Uplink {
+                    settings: settings.mqtt.clone(),
+                    rae_id: settings.rae_id.clone(),
+                    journal_path: settings.journal_path(),
+                    birth,
+                    registry: command_tx,
+                    journal_changed,
+                    status,
+                    shutdown: shutdown_rx.clone(),
+                }
+                .run(),
+            );
+        }
+        None => info!("no [mqtt] broker configured: offline mode, events stay in the journal"),
+    }
     if settings.udev.enabled {
         let probe = UdevProbe {
             settings: settings.udev.clone(),

@@ -11,10 +11,12 @@ use super::clock::Clock;
 use crate::journal::Journal;
 use crate::probe::ProbeEvent;
 use crate::registry::{Registry, Transition};
-use crate::status::{self, ErrorNote, RuntimeStatus};
+use crate::status::{self, ErrorNote, RuntimeStatus, UplinkStatus};
 use log::{debug, error, info, warn};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
@@ -23,6 +25,13 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often retention runs.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What other tasks ask of the registry task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryCommand {
+    /// Journal a checkpoint of every present session, or of one.
+    Checkpoint { session: Option<uuid::Uuid> },
+}
 
 /// Retention limits for published events.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +51,11 @@ pub struct RegistryTask {
     pub status: RuntimeStatus,
     pub retention: Retention,
     pub clock: Clock,
+    pub commands: mpsc::Receiver<RegistryCommand>,
+    /// Signalled after every commit that added events (wakes the uplink).
+    pub journal_changed: Arc<Notify>,
+    /// The uplink's status, copied into `status.json`.
+    pub uplink_status: Option<Arc<Mutex<UplinkStatus>>>,
 }
 
 impl RegistryTask {
@@ -60,6 +74,11 @@ impl RegistryTask {
                 ev = self.rx.recv() => match ev {
                     Some(ev) => self.handle(ev).await,
                     None => break,
+                },
+                Some(cmd) = self.commands.recv() => match cmd {
+                    RegistryCommand::Checkpoint { session } => {
+                        self.step(|r, now| r.checkpoint(now, session)).await;
+                    }
                 },
                 _ = sleep_until(expiry), if expiry.is_some() => {
                     self.step(|r, now| r.expire(now)).await;
@@ -111,6 +130,7 @@ impl RegistryTask {
         loop {
             match self.journal.commit(&t, self.clock.now_ms()) {
                 Ok(()) => {
+                    self.journal_changed.notify_one();
                     for ev in t.events() {
                         debug!(
                             "journaled {} seq {} of device {} (session {})",
@@ -194,7 +214,12 @@ impl RegistryTask {
         }
     }
 
-    fn write_status(&self) {
+    fn write_status(&mut self) {
+        if let Some(up) = &self.uplink_status {
+            if let Ok(u) = up.lock() {
+                self.status.uplink = Some(u.clone());
+            }
+        }
         if let Err(e) = status::write(&self.status_path, &self.status) {
             debug!("cannot write {}: {e}", self.status_path.display());
         }

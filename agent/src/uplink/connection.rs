@@ -1,0 +1,359 @@
+//! One MQTT connection: connect, announce, then publish the journal from
+//! the first unpublished event while polling the event loop continuously.
+//! Ends on shutdown (after draining in-flight PUBACKs and publishing the
+//! `offline` status) or when the connection is lost.
+
+use super::messages::{self, Command};
+use super::{tls, Ended, Uplink};
+use crate::journal::outbox::{Outbox, OutboxRow};
+use crate::runtime::registry_task::RegistryCommand;
+use crate::status::UplinkStatus;
+use log::{info, warn};
+use rae_protocol::{command_filter, parse_topic, status_topic, ParsedTopic};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+const FETCH_BATCH: usize = 256;
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// What a packet id stands for until its PUBACK.
+#[derive(Debug, Clone, Copy)]
+enum Sent {
+    Event(i64),
+    Other,
+}
+
+pub(crate) struct Connection<'a> {
+    up: &'a Uplink,
+    broker: &'a super::config::Broker,
+    outbox: Arc<Mutex<Outbox>>,
+    marks: mpsc::UnboundedSender<i64>,
+    shutdown: watch::Receiver<bool>,
+    queue: VecDeque<OutboxRow>,
+    cursor: i64,
+    awaiting_pkid: VecDeque<Sent>,
+    inflight: HashMap<u16, Sent>,
+    /// Acks still needed per event (2 for `detached`: event + retained clear).
+    outstanding: HashMap<i64, (u8, bool)>,
+    connected: bool,
+}
+
+type Fetch = JoinHandle<Result<Vec<OutboxRow>, String>>;
+
+impl<'a> Connection<'a> {
+    pub(crate) fn new(
+        up: &'a Uplink,
+        broker: &'a super::config::Broker,
+        outbox: Arc<Mutex<Outbox>>,
+        marks: mpsc::UnboundedSender<i64>,
+    ) -> Self {
+        Connection {
+            up,
+            broker,
+            outbox,
+            marks,
+            shutdown: up.shutdown.clone(),
+            queue: VecDeque::new(),
+            cursor: 0,
+            awaiting_pkid: VecDeque::new(),
+            inflight: HashMap::new(),
+            outstanding: HashMap::new(),
+            connected: false,
+        }
+    }
+
+    fn lost(&self, error: impl std::fmt::Display) -> Ended {
+        Ended::Lost {
+            error: error.to_string(),
+            was_connected: self.connected,
+        }
+    }
+
+    fn options(&self) -> Result<MqttOptions, String> {
+        let s = &self.up.settings;
+        let mut o = MqttOptions::new(&self.up.rae_id, &self.broker.host, self.broker.port);
+        o.set_keep_alive(Duration::from_secs(s.keepalive_secs));
+        o.set_clean_session(true);
+        o.set_inflight(s.inflight_window.saturating_add(8));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_last_will(LastWill::new(
+            status_topic(&self.up.rae_id).map_err(|e| e.to_string())?,
+            messages::status_payload("offline", &self.up.birth, crate::timefmt::now_ms()),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        if let Some((u, p)) = &s.credentials {
+            o.set_credentials(u, p);
+        }
+        if self.broker.tls {
+            let cfg = tls::client_config(s).map_err(|e| e.to_string())?;
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(cfg),
+            ));
+        }
+        Ok(o)
+    }
+
+    pub(crate) async fn run(mut self) -> Ended {
+        let opts = match self.options() {
+            Ok(o) => o,
+            Err(e) => return self.lost(e),
+        };
+        let window = usize::from(self.up.settings.inflight_window);
+        let (client, mut el) = AsyncClient::new(opts, window * 2 + 16);
+        if let Err(e) = self.connect(&client, &mut el).await {
+            return e;
+        }
+        let mut checkpoints = tokio::time::interval(Duration::from_secs(
+            self.up.settings.checkpoint_interval_secs,
+        ));
+        checkpoints.reset();
+        let mut fetch: Option<Fetch> = None;
+        let mut idle = false;
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            if drain_deadline.is_none() {
+                self.send_queued(&client, window);
+            }
+            if drain_deadline.is_none() && self.queue.is_empty() && fetch.is_none() && !idle {
+                fetch = Some(self.fetch());
+            }
+            if drain_deadline.is_some() && self.outstanding.is_empty() {
+                break;
+            }
+            tokio::select! {
+                ev = el.poll() => match ev {
+                    Ok(ev) => self.on_event(ev),
+                    Err(e) => return self.lost(e),
+                },
+                res = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
+                    fetch = None;
+                    match res.map_err(|e| e.to_string()).and_then(|r| r) {
+                        Ok(rows) => {
+                            idle = rows.is_empty();
+                            if let Some(last) = rows.last() {
+                                self.cursor = last.id;
+                            }
+                            self.queue.extend(rows);
+                        }
+                        Err(e) => {
+                            warn!("uplink cannot read the journal: {e}");
+                            idle = true;
+                        }
+                    }
+                }
+                _ = self.up.journal_changed.notified(), if idle => idle = false,
+                _ = tokio::time::sleep(IDLE_POLL), if idle => idle = false,
+                _ = checkpoints.tick() => self.request_checkpoint(None),
+                _ = self.shutdown.changed(), if drain_deadline.is_none() => {
+                    let ms = self.up.settings.drain_timeout_ms;
+                    info!("uplink draining {} in-flight events (up to {ms} ms)", self.outstanding.len());
+                    drain_deadline = Some(Instant::now() + Duration::from_millis(ms));
+                }
+                _ = sleep_until(drain_deadline), if drain_deadline.is_some() => {
+                    warn!("{} events still unacknowledged at shutdown; they will be resent", self.outstanding.len());
+                    break;
+                }
+            }
+        }
+        self.say_offline(&client, &mut el).await;
+        Ended::Shutdown
+    }
+
+    /// Polls until CONNACK, then announces the birth, subscribes to
+    /// commands and asks for checkpoints.
+    async fn connect(&mut self, client: &AsyncClient, el: &mut EventLoop) -> Result<(), Ended> {
+        loop {
+            tokio::select! {
+                ev = el.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(self.lost(describe(&e))),
+                },
+                _ = self.shutdown.changed() => return Err(Ended::Shutdown),
+            }
+        }
+        self.connected = true;
+        info!("MQTT connected to {}", self.broker.url);
+        self.update(|s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+        let rae_id = &self.up.rae_id;
+        let birth = messages::status_payload("online", &self.up.birth, crate::timefmt::now_ms());
+        let topic = status_topic(rae_id).map_err(|e| self.lost(e))?;
+        client
+            .try_publish(topic, QoS::AtLeastOnce, true, birth)
+            .map_err(|e| self.lost(e))?;
+        self.awaiting_pkid.push_back(Sent::Other);
+        let filter = command_filter(rae_id).map_err(|e| self.lost(e))?;
+        client
+            .try_subscribe(filter, QoS::AtLeastOnce)
+            .map_err(|e| self.lost(e))?;
+        self.request_checkpoint(None);
+        Ok(())
+    }
+
+    fn fetch(&self) -> Fetch {
+        let outbox = self.outbox.clone();
+        let after = self.cursor;
+        tokio::task::spawn_blocking(move || match outbox.lock() {
+            Ok(o) => o.fetch(after, FETCH_BATCH).map_err(|e| e.to_string()),
+            Err(_) => Err("outbox lock poisoned".into()),
+        })
+    }
+
+    /// Publishes queued rows while the window has room.
+    fn send_queued(&mut self, client: &AsyncClient, window: usize) {
+        while self.outstanding.len() < window {
+            let Some(row) = self.queue.pop_front() else {
+                return;
+            };
+            let topic = format!("rae/v1/{}/devices/{}", self.up.rae_id, row.session_id);
+            let retain = row.kind == "checkpoint";
+            if client
+                .try_publish(topic.clone(), QoS::AtLeastOnce, retain, row.payload.clone())
+                .is_err()
+            {
+                self.queue.push_front(row);
+                return;
+            }
+            self.awaiting_pkid.push_back(Sent::Event(row.id));
+            let mut acks = 1;
+            if row.kind == "detached" {
+                // Clear the retained checkpoint of the ended session.
+                if client
+                    .try_publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                    .is_ok()
+                {
+                    self.awaiting_pkid.push_back(Sent::Event(row.id));
+                    acks = 2;
+                }
+            }
+            self.outstanding.insert(row.id, (acks, retain));
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(sent) = self.awaiting_pkid.pop_front() {
+                    self.inflight.insert(pkid, sent);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(Sent::Event(id)) = self.inflight.remove(&ack.pkid) {
+                    self.acked(id);
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => self.on_command(&p.topic, &p.payload),
+            _ => {}
+        }
+    }
+
+    fn acked(&mut self, id: i64) {
+        let Some((left, checkpoint)) = self.outstanding.get_mut(&id) else {
+            return;
+        };
+        *left -= 1;
+        if *left > 0 {
+            return;
+        }
+        let checkpoint = *checkpoint;
+        self.outstanding.remove(&id);
+        let _ = self.marks.send(id);
+        let now = crate::timefmt::now_ms();
+        self.update(|s| {
+            s.published += 1;
+            s.last_puback_ms = Some(now);
+            if checkpoint {
+                s.checkpoints += 1;
+            }
+        });
+    }
+
+    fn on_command(&mut self, topic: &str, payload: &[u8]) {
+        let name = match parse_topic(topic) {
+            Ok(ParsedTopic::Command { name, .. }) => name,
+            _ => return,
+        };
+        match messages::parse_command(&name, payload) {
+            Ok(Command::Resync { session }) => {
+                info!(
+                    "resync requested for {}",
+                    session.map_or("all sessions".into(), |s| s.to_string())
+                );
+                self.request_checkpoint(session);
+            }
+            Err(e) => {
+                warn!("ignoring command on {topic}: {e}");
+                self.update(|s| {
+                    s.commands_rejected += 1;
+                    s.last_error = Some(format!("command on {topic}: {e}"));
+                });
+            }
+        }
+    }
+
+    fn request_checkpoint(&self, session: Option<uuid::Uuid>) {
+        if self
+            .up
+            .registry
+            .try_send(RegistryCommand::Checkpoint { session })
+            .is_err()
+        {
+            warn!("registry busy; checkpoint request dropped (the next one will follow)");
+        }
+    }
+
+    /// Publishes the retained `offline` status and disconnects, bounded.
+    async fn say_offline(&mut self, client: &AsyncClient, el: &mut EventLoop) {
+        let Ok(topic) = status_topic(&self.up.rae_id) else {
+            return;
+        };
+        let payload = messages::status_payload("offline", &self.up.birth, crate::timefmt::now_ms());
+        if client
+            .try_publish(topic, QoS::AtLeastOnce, true, payload)
+            .is_err()
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
+        info!("published offline status");
+    }
+
+    fn update(&self, f: impl FnOnce(&mut UplinkStatus)) {
+        self.up.update(f);
+    }
+}
+
+fn describe(e: &rumqttc::ConnectionError) -> String {
+    match e {
+        rumqttc::ConnectionError::ConnectionRefused(code) => {
+            format!("broker refused the connection: {code:?}")
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
