@@ -71,6 +71,11 @@ pub struct RawJournal {
     pub retention_max_age_secs: Option<u64>,
     /// At most this many published events are kept. Default: 100000.
     pub retention_max_events: Option<u64>,
+    /// Bound of the unpublished backlog, in events. Past it the backlog is
+    /// compacted (see docs/ARCHITECTURE.md). Default: 100000.
+    pub max_backlog_events: Option<u64>,
+    /// Bound of the unpublished backlog, in payload bytes. Default: 67108864 (64 MiB).
+    pub max_backlog_bytes: Option<u64>,
 }
 
 /// `[registry]`
@@ -130,6 +135,8 @@ pub struct Settings {
     pub synchronous: Synchronous,
     pub retention_max_age_secs: u64,
     pub retention_max_events: u64,
+    pub max_backlog_events: u64,
+    pub max_backlog_bytes: u64,
     pub detach_grace_secs: u64,
     pub serial_denylist: Vec<String>,
     pub udev: UdevSettings,
@@ -250,6 +257,16 @@ impl Settings {
             synchronous: raw.journal.synchronous.unwrap_or(Synchronous::Normal),
             retention_max_age_secs: raw.journal.retention_max_age_secs.unwrap_or(7 * 24 * 3600),
             retention_max_events,
+            max_backlog_events: positive(
+                "journal.max_backlog_events",
+                raw.journal.max_backlog_events,
+                100_000,
+            )?,
+            max_backlog_bytes: positive(
+                "journal.max_backlog_bytes",
+                raw.journal.max_backlog_bytes,
+                64 << 20,
+            )?,
             detach_grace_secs,
             serial_denylist: raw.registry.serial_denylist.unwrap_or_else(|| {
                 DEFAULT_SERIAL_DENYLIST
@@ -262,6 +279,14 @@ impl Settings {
             adb: crate::probe::adb::AdbSettings::validate(raw.adb)?,
             mqtt: crate::uplink::MqttSettings::validate(raw.mqtt)?,
         })
+    }
+}
+
+fn positive(key: &'static str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        Some(0) => Err(invalid(key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
     }
 }
 

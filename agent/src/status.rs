@@ -36,6 +36,13 @@ pub struct RuntimeStatus {
     pub journal_moved_aside: Option<String>,
     /// Observations not yet journaled because the journal is failing.
     pub pending_observations: u64,
+    /// Backlog compactions that changed the journal, since start.
+    #[serde(default)]
+    pub compactions: u64,
+    /// Unpublished deltas dropped because compaction could not get the
+    /// backlog under its bound, since start.
+    #[serde(default)]
+    pub dropped_events: u64,
     /// The MQTT uplink; `None` in offline mode.
     #[serde(default)]
     pub uplink: Option<UplinkStatus>,

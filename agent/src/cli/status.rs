@@ -83,7 +83,20 @@ pub fn run(settings: &Settings, json: bool, out: &mut impl Write) -> Result<(), 
         .oldest_unpublished_ms
         .map(|t| format!(", oldest {}", age(t)))
         .unwrap_or_default();
-    writeln!(out, "backlog     {} unpublished{oldest}", stats.unpublished)?;
+    let compaction = rt
+        .as_ref()
+        .map(|s| {
+            format!(
+                "; {} compactions, {} deltas dropped",
+                s.compactions, s.dropped_events
+            )
+        })
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "backlog     {} unpublished{oldest}{compaction}",
+        stats.unpublished
+    )?;
     match rt.as_ref().and_then(|s| s.uplink.as_ref()) {
         Some(u) => {
             let link = match (daemon, u.connected) {

@@ -12,6 +12,8 @@
 //! Only the daemon writes ([`Journal`]); the CLI reads ([`read::JournalReader`]).
 
 mod codec;
+mod compact;
+pub mod compaction;
 pub mod outbox;
 pub mod read;
 pub mod schema;
@@ -24,6 +26,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use std::path::{Path, PathBuf};
 
 pub use codec::envelope;
+pub use compact::CompactionReport;
 
 /// A journal failure.
 #[derive(Debug, thiserror::Error)]

@@ -205,3 +205,103 @@ fn the_reader_finds_devices_by_prefix_and_reports_ambiguity_and_absence() {
     let stats = r.stats().expect("stats");
     assert_eq!((stats.devices_present, stats.unpublished), (2, 2));
 }
+
+#[test]
+fn a_backlog_over_its_bound_is_compacted_and_still_rebuilds_every_devices_state() {
+    use super::compaction::Bounds;
+    use crate::registry::diff::apply_diff;
+    use rae_protocol::EventKind;
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let mut j = Journal::open(&path, &opts()).expect("open").journal;
+    let mut reg = Registry::new(RegistryConfig::default());
+    for i in 0..200u64 {
+        let serial = format!("S{}", i % 3);
+        feed(
+            &mut reg,
+            &mut j,
+            &obs(&format!("/{serial}"), &serial, &i.to_string()),
+            i,
+        );
+    }
+    // S2 is unplugged for good: attached ... detached must both survive.
+    let t = reg.observe(
+        &Observation::absent(FacetKey::new(Source::Udev, "/S2")),
+        300,
+        Uuid::now_v7(),
+    );
+    j.commit(&t, 300).expect("commit");
+    reg.apply(t);
+    let t = reg.expire(10_000);
+    j.commit(&t, 10_000).expect("commit");
+    reg.apply(t);
+    let report = j
+        .compact(Bounds {
+            max_events: 20,
+            max_bytes: u64::MAX,
+        })
+        .expect("compact");
+    assert!(report.folded > 0 && report.dropped == 0, "{report:?}");
+    let r = JournalReader::open(&path).expect("reader");
+    assert!(r.stats().expect("stats").unpublished <= 20);
+    // Rebuild what a consumer would see from the remaining events.
+    let mut seen: BTreeMap<String, (Attrs, u64, bool)> = BTreeMap::new();
+    for d in reg.devices() {
+        for e in r.history(&d.device_id, 1000).expect("history") {
+            let env = e.envelope.expect("decodes");
+            let state = seen.entry(env.device_id.clone()).or_default();
+            assert!(env.seq > state.1, "order kept");
+            state.1 = env.seq;
+            match env.kind {
+                EventKind::Attached { attrs } | EventKind::Checkpoint { attrs } => state.0 = attrs,
+                EventKind::Changed { set, removed } => apply_diff(&mut state.0, &set, &removed),
+                EventKind::Detached { .. } => state.2 = true,
+            }
+        }
+    }
+    for d in reg.devices() {
+        let (attrs, seq, detached) = &seen[&d.device_id];
+        assert_eq!(attrs, &d.attrs, "state of {}", d.identity);
+        assert_eq!(*detached, d.session.is_none());
+        if let Some(s) = &d.session {
+            assert_eq!(*seq, s.last_seq);
+        }
+    }
+}
+
+#[test]
+fn when_folding_is_not_enough_the_oldest_deltas_are_dropped_and_reported() {
+    use super::compaction::Bounds;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let mut j = Journal::open(&path, &opts()).expect("open").journal;
+    let mut reg = Registry::new(RegistryConfig::default());
+    for i in 0..10u64 {
+        let serial = format!("S{i}");
+        feed(
+            &mut reg,
+            &mut j,
+            &obs(&format!("/{serial}"), &serial, "a"),
+            i,
+        );
+        feed(
+            &mut reg,
+            &mut j,
+            &obs(&format!("/{serial}"), &serial, "b"),
+            i,
+        );
+    }
+    let report = j
+        .compact(Bounds {
+            max_events: 12,
+            max_bytes: u64::MAX,
+        })
+        .expect("compact");
+    assert_eq!(report.dropped, 8);
+    assert_eq!(report.needs_checkpoint.len(), 8);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM events WHERE kind = 'attached'"),
+        10
+    );
+}

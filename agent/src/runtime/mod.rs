@@ -100,6 +100,10 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
             retention: Retention {
                 max_age_ms: settings.retention_max_age_secs.saturating_mul(1000),
                 max_events: settings.retention_max_events,
+                backlog: crate::journal::compaction::Bounds {
+                    max_events: settings.max_backlog_events,
+                    max_bytes: settings.max_backlog_bytes,
+                },
             },
             clock,
             commands: command_rx,

@@ -33,11 +33,15 @@ pub enum RegistryCommand {
     Checkpoint { session: Option<uuid::Uuid> },
 }
 
-/// Retention limits for published events.
+/// How often the backlog bound is checked.
+pub const COMPACTION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Retention limits for published events and the unpublished backlog bound.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     pub max_age_ms: u64,
     pub max_events: u64,
+    pub backlog: crate::journal::compaction::Bounds,
 }
 
 /// See the module docs.
@@ -63,6 +67,7 @@ impl RegistryTask {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         let mut retention = tokio::time::interval(RETENTION_INTERVAL);
         retention.reset();
+        let mut compaction = tokio::time::interval(COMPACTION_INTERVAL);
         loop {
             let expiry = self
                 .registry
@@ -85,6 +90,7 @@ impl RegistryTask {
                 }
                 _ = heartbeat.tick() => self.heartbeat(),
                 _ = retention.tick() => self.retention(),
+                _ = compaction.tick() => self.compact().await,
             }
         }
         // Drain what the probes already sent before they stopped.
@@ -212,6 +218,42 @@ impl RegistryTask {
             Ok(n) => info!("retention deleted {n} published events"),
             Err(e) => warn!("retention failed: {e}"),
         }
+    }
+
+    /// Keeps the unpublished backlog within its bound; sessions that lost
+    /// deltas get a checkpoint right away.
+    async fn compact(&mut self) {
+        let report = match self.journal.compact(self.retention.backlog) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("backlog compaction failed: {e}");
+                return;
+            }
+        };
+        if report == Default::default() {
+            return;
+        }
+        self.status.compactions += 1;
+        info!(
+            "backlog compacted: {} covered deltas removed, {} events folded into checkpoints",
+            report.covered, report.folded
+        );
+        if report.dropped > 0 {
+            self.status.dropped_events += report.dropped as u64;
+            let msg = format!(
+                "backlog over its bound after compaction: dropped {} oldest deltas of {} sessions; checkpoints follow",
+                report.dropped,
+                report.needs_checkpoint.len()
+            );
+            warn!("{msg}");
+            self.status.last_error = Some(self.note(msg));
+        }
+        for session in &report.needs_checkpoint {
+            if let Ok(id) = Uuid::parse_str(session) {
+                self.step(|r, now| r.checkpoint(now, Some(id))).await;
+            }
+        }
+        self.write_status();
     }
 
     fn write_status(&mut self) {
