@@ -125,10 +125,17 @@ pub fn dispatch(command: &Command, settings: &Settings) -> Result<(), Failure> {
             use std::io::Write;
             writeln!(
                 out,
-                "config ok: rae_id={} state_dir={} udev={}",
+                "config ok: rae_id={} state_dir={} udev={} serial={} adb={} mqtt={}",
                 settings.rae_id,
                 settings.state_dir.display(),
-                if settings.udev.enabled { "on" } else { "off" }
+                onoff(settings.udev.enabled),
+                onoff(settings.serial.enabled()),
+                onoff(settings.adb.enabled()),
+                settings
+                    .mqtt
+                    .broker
+                    .as_ref()
+                    .map_or("offline", |b| b.url.as_str()),
             )?;
             Ok(())
         }
@@ -141,6 +148,14 @@ pub fn dispatch(command: &Command, settings: &Settings) -> Result<(), Failure> {
         } => show::history(&reader(settings)?, device, *limit, *json, &mut out),
         Command::Status { json } => status::run(settings, *json, &mut out),
         Command::Probe { json } => probe::run(settings, *json, &mut out),
+    }
+}
+
+fn onoff(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
     }
 }
 
