@@ -79,7 +79,8 @@ impl<'a> Connection<'a> {
         let mut o = MqttOptions::new(&self.up.rae_id, &self.broker.host, self.broker.port);
         o.set_keep_alive(Duration::from_secs(s.keepalive_secs));
         o.set_clean_session(true);
-        o.set_inflight(s.inflight_window.saturating_add(8));
+        // Up to two packets per event (a `detached` and its retained clear).
+        o.set_inflight(s.inflight_window.saturating_mul(2).saturating_add(8));
         o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_last_will(LastWill::new(
             status_topic(&self.up.rae_id).map_err(|e| e.to_string())?,
@@ -226,13 +227,16 @@ impl<'a> Connection<'a> {
             self.awaiting_pkid.push_back(Sent::Event(row.id));
             let mut acks = 1;
             if row.kind == "detached" {
-                // Clear the retained checkpoint of the ended session.
+                // Clear the retained checkpoint of the ended session. The
+                // event is published only when both are acknowledged; if the
+                // clear cannot be queued, the event stays unacknowledged in
+                // this connection and is sent again after the next connect.
+                acks = 2;
                 if client
                     .try_publish(topic, QoS::AtLeastOnce, true, Vec::new())
                     .is_ok()
                 {
                     self.awaiting_pkid.push_back(Sent::Event(row.id));
-                    acks = 2;
                 }
             }
             self.outstanding.insert(row.id, (acks, retain));
