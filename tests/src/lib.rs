@@ -12,4 +12,6 @@
 
 pub mod agent;
 pub mod fake_adb;
+pub mod mosquitto;
+pub mod mqtt_sub;
 pub mod umockdev;
