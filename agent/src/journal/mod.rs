@@ -303,13 +303,7 @@ impl Journal {
 
     /// Marks events published (used by the uplink and by tests).
     pub fn mark_published(&mut self, ids: &[i64]) -> Result<(), JournalError> {
-        let tx = self.conn.transaction()?;
-        for id in ids {
-            tx.prepare_cached("UPDATE events SET published = 1 WHERE id = ?1")?
-                .execute([id])?;
-        }
-        tx.commit()?;
-        Ok(())
+        outbox::mark_published(&mut self.conn, ids)
     }
 
     /// The fault-injection handle of this journal (tests only).

@@ -50,13 +50,7 @@ impl Outbox {
 
     /// Marks events published, in one transaction.
     pub fn mark_published(&mut self, ids: &[i64]) -> Result<(), JournalError> {
-        let tx = self.conn.transaction()?;
-        for id in ids {
-            tx.prepare_cached("UPDATE events SET published = 1 WHERE id = ?1")?
-                .execute([id])?;
-        }
-        tx.commit()?;
-        Ok(())
+        mark_published(&mut self.conn, ids)
     }
 
     /// (count, oldest ts_ms) of the unpublished backlog.
@@ -71,4 +65,15 @@ impl Outbox {
             oldest.and_then(|v| u64::try_from(v).ok()),
         ))
     }
+}
+
+/// Sets `published = 1` on `ids`, in one transaction.
+pub(super) fn mark_published(conn: &mut Connection, ids: &[i64]) -> Result<(), JournalError> {
+    let tx = conn.transaction()?;
+    for id in ids {
+        tx.prepare_cached("UPDATE events SET published = 1 WHERE id = ?1")?
+            .execute([id])?;
+    }
+    tx.commit()?;
+    Ok(())
 }

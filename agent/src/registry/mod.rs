@@ -179,14 +179,8 @@ impl Registry {
                 .missing_since_ms
                 .is_some_and(|t0| t0.saturating_add(self.config.detach_grace_ms) <= now_ms);
             if due && rec.session.is_some() {
-                let mut next = rec.clone();
-                let mut events = Vec::new();
-                detach(&mut next, &mut events, now_ms, REASON_UNPLUGGED);
-                t.changes.push(DeviceChange {
-                    record: next,
-                    events,
-                    aliases: Vec::new(),
-                });
+                t.changes
+                    .push(detached_change(rec, now_ms, REASON_UNPLUGGED));
             }
         }
         t
@@ -226,14 +220,8 @@ impl Registry {
                 .iter()
                 .any(|c| c.record.device_id == rec.device_id);
             if !already && rec.session.is_some() && rec.facets.is_empty() {
-                let mut next = rec.clone();
-                let mut events = Vec::new();
-                detach(&mut next, &mut events, now_ms, REASON_MISSING_AT_START);
-                t.changes.push(DeviceChange {
-                    record: next,
-                    events,
-                    aliases: Vec::new(),
-                });
+                t.changes
+                    .push(detached_change(rec, now_ms, REASON_MISSING_AT_START));
             }
         }
         t
@@ -452,6 +440,18 @@ fn push_event(rec: &mut DeviceRecord, events: &mut Vec<Event>, now_ms: u64, kind
         ts_ms: now_ms,
         kind,
     });
+}
+
+/// The change that ends a device's session now.
+fn detached_change(rec: &DeviceRecord, now_ms: u64, reason: &str) -> DeviceChange {
+    let mut next = rec.clone();
+    let mut events = Vec::new();
+    detach(&mut next, &mut events, now_ms, reason);
+    DeviceChange {
+        record: next,
+        events,
+        aliases: Vec::new(),
+    }
 }
 
 fn detach(rec: &mut DeviceRecord, events: &mut Vec<Event>, now_ms: u64, reason: &str) {
