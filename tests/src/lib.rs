@@ -14,4 +14,5 @@ pub mod agent;
 pub mod fake_adb;
 pub mod mosquitto;
 pub mod mqtt_sub;
+pub mod tls_certs;
 pub mod umockdev;

@@ -11,6 +11,14 @@
 //!   password instead (`allow_anonymous false`, a `password_file` made with
 //!   `mosquitto_passwd -b`); [`Mosquitto::set_password`] +
 //!   [`Mosquitto::reload`] (SIGHUP) change it while the broker runs.
+//! * [`Mosquitto::start_tls`] makes the listener TLS-only (`cafile`,
+//!   `certfile`, `keyfile` from a [`TlsCerts`]); with `require_client_cert`
+//!   a client must present a certificate signed by that CA
+//!   (`require_certificate true`) and its CN becomes its user name
+//!   (`use_identity_as_username true`, `allow_anonymous false`); without,
+//!   `require_certificate false` and `allow_anonymous true`. Then
+//!   [`Mosquitto::url`] is `mqtts://127.0.0.1:<port>`; readiness is still a
+//!   plain TCP connect.
 //! * [`Mosquitto::kill`] is SIGKILL (no goodbye to any client, sessions and
 //!   retained messages lost: `persistence false`), [`Mosquitto::stop`] is
 //!   SIGTERM, [`Mosquitto::restart`] starts it again on the same port.
@@ -30,6 +38,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::tls_certs::TlsCerts;
+
 /// The broker binary (Debian package `mosquitto`).
 pub const BINARY: &str = "/usr/sbin/mosquitto";
 /// The password file tool (same package).
@@ -46,13 +56,23 @@ pub struct Mosquitto {
     conf: PathBuf,
     log: PathBuf,
     passwd: Option<PathBuf>,
+    tls: Option<Tls>,
     child: Option<Child>,
+}
+
+/// The TLS listener's files and whether it requires client certificates.
+#[derive(Debug, Clone)]
+struct Tls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    require_client_cert: bool,
 }
 
 impl Mosquitto {
     /// Anonymous access, on a free port; files go into `dir`.
     pub fn start(dir: &Path) -> Result<Mosquitto> {
-        Self::launch(dir, None)
+        Self::launch(dir, None, None)
     }
 
     /// Only `user` with `password` may connect (`allow_anonymous false`).
@@ -60,10 +80,23 @@ impl Mosquitto {
         std::fs::create_dir_all(dir)?;
         let file = dir.join("mosquitto.passwd");
         passwd(&["-c", "-b"], &file, user, password)?;
-        Self::launch(dir, Some(file))
+        Self::launch(dir, Some(file), None)
     }
 
-    fn launch(dir: &Path, passwd: Option<PathBuf>) -> Result<Mosquitto> {
+    /// A TLS listener with `certs`' CA and server certificate; clients
+    /// must present a certificate signed by that CA if
+    /// `require_client_cert` (see the module docs).
+    pub fn start_tls(dir: &Path, certs: &TlsCerts, require_client_cert: bool) -> Result<Mosquitto> {
+        let tls = Tls {
+            ca: certs.ca.clone(),
+            cert: certs.server.cert.clone(),
+            key: certs.server.key.clone(),
+            require_client_cert,
+        };
+        Self::launch(dir, None, Some(tls))
+    }
+
+    fn launch(dir: &Path, passwd: Option<PathBuf>, tls: Option<Tls>) -> Result<Mosquitto> {
         ensure!(
             Path::new(BINARY).is_file(),
             "{BINARY} is missing; the uplink tests run a real MQTT broker: `apt-get install mosquitto`"
@@ -75,6 +108,7 @@ impl Mosquitto {
             conf: dir.join("mosquitto.conf"),
             log: dir.join("mosquitto.log"),
             passwd,
+            tls,
             child: None,
         };
         let mut last_error = None;
@@ -97,11 +131,23 @@ impl Mosquitto {
              connection_messages true\nuser root\n",
             self.port
         );
-        match &self.passwd {
-            Some(file) => {
+        match (&self.passwd, &self.tls) {
+            (Some(file), _) => {
                 conf += &format!("allow_anonymous false\npassword_file {}\n", file.display())
             }
-            None => conf += "allow_anonymous true\n",
+            (None, Some(tls)) if tls.require_client_cert => {
+                conf += "allow_anonymous false\nuse_identity_as_username true\n"
+            }
+            (None, _) => conf += "allow_anonymous true\n",
+        }
+        if let Some(tls) = &self.tls {
+            conf += &format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display(),
+                tls.require_client_cert
+            );
         }
         std::fs::write(&self.conf, conf).with_context(|| format!("writing {}", self.conf.display()))
     }
@@ -155,9 +201,16 @@ impl Mosquitto {
         self.port
     }
 
-    /// `mqtt://127.0.0.1:<port>`, for the agent's `[mqtt] broker`.
+    /// `mqtt://127.0.0.1:<port>` (`mqtts://` for [`Mosquitto::start_tls`]),
+    /// for the agent's `[mqtt] broker`.
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the listener is TLS ([`Mosquitto::start_tls`]).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The broker's pid while it runs.
@@ -358,6 +411,66 @@ mod tests {
         let text = broker.log_text();
         assert_eq!(text.matches("running").count(), 2, "{text}");
         assert!(text.contains("terminating"), "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_tls_broker_requiring_client_certificates_names_clients_by_their_cn() -> Result<()> {
+        use crate::mqtt_sub::Subscriber;
+        let dir = tempfile::tempdir()?;
+        let certs = TlsCerts::generate(&dir.path().join("certs"), "rae-cn-test")?;
+        let mut broker = Mosquitto::start_tls(&dir.path().join("broker"), &certs, true)?;
+        let port = broker.port();
+        assert!(broker.is_tls());
+        assert_eq!(broker.url(), format!("mqtts://127.0.0.1:{port}"));
+        let conf = std::fs::read_to_string(&broker.conf)?;
+        for line in [
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "no {line:?}: {conf}");
+        }
+        let tls = |client| rumqttc::Transport::tls(certs.ca_pem().unwrap(), client, None);
+        let sub = Subscriber::connect_tls(port, "tls-sub", tls(Some(certs.client.read()?)))?;
+        assert!(sub.connected());
+        let log = broker.log_text();
+        assert!(
+            log.contains("as tls-sub") && log.contains("u'rae-cn-test'"),
+            "the CN is not the user name: {log}"
+        );
+        let refused = Subscriber::connect_tls(port, "tls-no-cert", tls(None));
+        let refused = refused.err().context("connected without a client certificate")?;
+        eprintln!("without a client certificate: {refused:#}");
+        assert!(
+            broker.log_text().contains("peer did not return a certificate"),
+            "{}",
+            broker.log_tail()
+        );
+        broker.kill()?;
+        broker.restart()?;
+        assert!(broker.is_running() && broker.url().starts_with("mqtts://"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_tls_broker_without_client_certificates_takes_anonymous_tls_clients() -> Result<()> {
+        use crate::mqtt_sub::Subscriber;
+        let dir = tempfile::tempdir()?;
+        let certs = TlsCerts::generate(&dir.path().join("certs"), "rae-anon")?;
+        let broker = Mosquitto::start_tls(&dir.path().join("broker"), &certs, false)?;
+        let conf = std::fs::read_to_string(&broker.conf)?;
+        assert!(
+            conf.contains("require_certificate false\n") && conf.contains("allow_anonymous true\n"),
+            "{conf}"
+        );
+        let ca = certs.ca_pem()?;
+        let sub = Subscriber::connect_tls(
+            broker.port(),
+            "tls-anon",
+            rumqttc::Transport::tls(ca, None, None),
+        )?;
+        assert!(sub.connected(), "{}", broker.log_tail());
         Ok(())
     }
 

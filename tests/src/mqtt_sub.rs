@@ -87,12 +87,34 @@ impl Subscriber {
         client_id: &str,
         login: Option<(&str, &str)>,
     ) -> Result<Subscriber> {
+        Self::connect_with(port, client_id, login, None)
+    }
+
+    /// Over `transport`, e.g. rumqttc's `Transport::tls(ca_pem,
+    /// Some((cert_pem, key_pem)), None)`; the TLS server name is `127.0.0.1`.
+    pub fn connect_tls(
+        port: u16,
+        client_id: &str,
+        transport: rumqttc::Transport,
+    ) -> Result<Subscriber> {
+        Self::connect_with(port, client_id, None, Some(transport))
+    }
+
+    fn connect_with(
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        transport: Option<rumqttc::Transport>,
+    ) -> Result<Subscriber> {
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
         opts.set_clean_session(false)
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(1 << 20, 1 << 20);
         if let Some((user, password)) = login {
             opts.set_credentials(user, password);
+        }
+        if let Some(transport) = transport {
+            opts.set_transport(transport);
         }
         let (client, mut events) = AsyncClient::new(opts, 256);
         let state = Arc::new(Mutex::new(State::default()));
