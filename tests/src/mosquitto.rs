@@ -431,7 +431,8 @@ mod tests {
         ] {
             assert!(conf.lines().any(|l| l == line), "no {line:?}: {conf}");
         }
-        let tls = |client| rumqttc::Transport::tls(certs.ca_pem().unwrap(), client, None);
+        let ca = certs.ca_pem()?;
+        let tls = |client| rumqttc::Transport::tls(ca.clone(), client, None);
         let sub = Subscriber::connect_tls(port, "tls-sub", tls(Some(certs.client.read()?)))?;
         assert!(sub.connected());
         let log = broker.log_text();
@@ -440,10 +441,14 @@ mod tests {
             "the CN is not the user name: {log}"
         );
         let refused = Subscriber::connect_tls(port, "tls-no-cert", tls(None));
-        let refused = refused.err().context("connected without a client certificate")?;
+        let refused = refused
+            .err()
+            .context("connected without a client certificate")?;
         eprintln!("without a client certificate: {refused:#}");
         assert!(
-            broker.log_text().contains("peer did not return a certificate"),
+            broker
+                .log_text()
+                .contains("peer did not return a certificate"),
             "{}",
             broker.log_tail()
         );

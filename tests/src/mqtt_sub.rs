@@ -12,6 +12,8 @@
 //! * It reconnects forever (every 50 ms) until dropped.
 //! * [`Subscriber::publish`] / [`Subscriber::command`] publish at QoS 1 and
 //!   wait for the PUBACK.
+//! * [`Subscriber::connect_tls`] connects over a given rumqttc transport
+//!   (e.g. TLS with a client certificate from [`crate::tls_certs`]).
 //! * [`decode`] (re-exported here) decodes what arrived and compares it with
 //!   the agent's journal; [`lab`] is the uplink tests' setup (broker, fake
 //!   adb server, agent).
