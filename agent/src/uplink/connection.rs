@@ -347,11 +347,26 @@ impl<'a> Connection<'a> {
 }
 
 fn describe(e: &rumqttc::ConnectionError) -> String {
-    match e {
+    let text = match e {
         rumqttc::ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
+            return format!("broker refused the connection: {code:?}");
         }
         other => other.to_string(),
+    };
+    // With TLS 1.3 a broker's refusal of our client certificate arrives
+    // while waiting for CONNACK, so rumqttc reports it as a read error.
+    let hint = if text.contains("CertificateRequired") {
+        Some("the broker requires a client certificate: set mqtt.client_cert_file and mqtt.client_key_file")
+    } else if text.contains("alert")
+        && (text.contains("BadCertificate") || text.contains("UnknownCA"))
+    {
+        Some("the broker rejected our client certificate")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => format!("{h} ({text})"),
+        None => text,
     }
 }
 
