@@ -226,7 +226,13 @@ impl Tracking {
 /// The configured properties' values, or a message for `android.probe_error`.
 type FetchResult = Result<BTreeMap<String, String>, String>;
 
+/// At most this many getprop connections are open at once, so a burst of
+/// devices does not overflow the adb server's listen queue (a dropped SYN
+/// costs a 1 s TCP retry).
+static FETCH_LIMIT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
 async fn fetch_props(settings: Arc<AdbSettings>, fetch: Fetch) -> (Fetch, FetchResult) {
+    let _permit = FETCH_LIMIT.acquire().await.ok();
     let result = client::getprop(&settings, &fetch.serial)
         .await
         .map_err(|e| format!("getprop failed: {e}"));
