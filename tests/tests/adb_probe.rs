@@ -97,6 +97,7 @@ impl Probe {
                 assert_eq!(source, Source::Adb);
                 self.failures.push(message);
             }
+            ProbeEvent::Recovered(source) => assert_eq!(source, Source::Adb),
         }
     }
 

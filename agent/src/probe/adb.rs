@@ -178,7 +178,9 @@ impl Tracking {
         if !self.healthy {
             self.healthy = true;
             self.backoff.reset();
-            self.outage_reported = false;
+            if std::mem::take(&mut self.outage_reported) {
+                self.send(ProbeEvent::Recovered(Source::Adb)).await?;
+            }
             info!(
                 "adb probe: tracking {} adb device(s) on {}",
                 self.table.len(),

@@ -24,4 +24,6 @@ pub enum ProbeEvent {
         source: Source,
         message: String,
     },
+    /// The probe works again after a failure.
+    Recovered(Source),
 }

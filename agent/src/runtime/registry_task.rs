@@ -109,8 +109,8 @@ impl RegistryTask {
                 self.step(|r, now| r.observe(&obs, now, Uuid::now_v7()))
                     .await;
             }
+            ProbeEvent::Recovered(source) => self.probe_healthy(source),
             ProbeEvent::Synced(source) => {
-                self.probe_healthy(source);
                 info!("{source} probe finished its first scan");
                 self.step(|r, now| r.reconcile(source, now)).await;
             }

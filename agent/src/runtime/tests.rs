@@ -115,7 +115,18 @@ async fn a_probe_failure_is_reported_and_other_events_still_flow() {
         .send(ProbeEvent::Synced(Source::Adb))
         .await
         .expect("send");
-    wait_for("adb error cleared once the probe reports again", || {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let st = status::read(&s.status_path()).expect("status");
+    assert!(
+        st.probe_errors.contains_key("adb"),
+        "a first scan is not a recovery"
+    );
+    agent
+        .probe_tx
+        .send(ProbeEvent::Recovered(Source::Adb))
+        .await
+        .expect("send");
+    wait_for("adb error cleared once the probe recovers", || {
         status::read(&s.status_path()).is_some_and(|st| st.probe_errors.is_empty())
     })
     .await;
