@@ -471,32 +471,7 @@ fn config(state_dir: &Path, lock_dir: &Path, adb: &str, duts: &[Dut]) -> String 
 /// `target/<profile>/rae-agent` beside this bench's `deps/`, failing with
 /// [`RELEASE_HINT`] if it is missing or older than a source in its dep-info.
 fn release_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot determine the bench executable")?;
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} is not in target/<profile>/deps", exe.display()))?
-        .join("rae-agent");
-    ensure!(
-        binary.is_file(),
-        "{} does not exist; this benchmark runs the release daemon, build it first with `{RELEASE_HINT}`",
-        binary.display()
-    );
-    let built = std::fs::metadata(&binary)?.modified()?;
-    let dep_info = std::fs::read_to_string(binary.with_extension("d")).unwrap_or_default();
-    let sources = dep_info.split_once(": ").map_or("", |(_, deps)| deps);
-    for source in sources.split_whitespace().map(Path::new) {
-        let newer = std::fs::metadata(source)
-            .and_then(|m| m.modified())
-            .is_ok_and(|modified| modified > built);
-        ensure!(
-            !newer,
-            "{} is older than {}; rebuild it with `{RELEASE_HINT}`",
-            binary.display(),
-            source.display()
-        );
-    }
-    Ok(binary)
+    rae_tests::agent::agent_binary_with_hint(RELEASE_HINT)
 }
 
 // ---------------------------------------------------------------- journal

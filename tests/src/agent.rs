@@ -98,22 +98,33 @@ impl AgentConfig {
 
 /// `target/<profile>/rae-agent`, checked by [`check_binary`].
 pub fn agent_binary() -> Result<PathBuf> {
+    agent_binary_with_hint(BUILD_HINT)
+}
+
+/// [`agent_binary`], naming `hint` (the build command) in its errors; the
+/// benches use it with `cargo build --release -p rae-agent`.
+pub fn agent_binary_with_hint(hint: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot determine the test executable")?;
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .with_context(|| format!("{} is not in target/<profile>/deps", exe.display()))?;
     let binary = profile_dir.join("rae-agent");
-    check_binary(&binary)?;
+    check_binary_with_hint(&binary, hint)?;
     Ok(binary)
 }
 
 /// Fails, naming [`BUILD_HINT`], if `binary` does not exist or is older than
 /// a source file listed in cargo's dep-info file beside it (`<binary>.d`).
 pub fn check_binary(binary: &Path) -> Result<()> {
+    check_binary_with_hint(binary, BUILD_HINT)
+}
+
+/// [`check_binary`] naming `hint` as the build command.
+pub fn check_binary_with_hint(binary: &Path, hint: &str) -> Result<()> {
     ensure!(
         binary.is_file(),
-        "{} does not exist; these tests run the real daemon, build it first with `{BUILD_HINT}`",
+        "{} does not exist; the real daemon is run here, build it first with `{hint}`",
         binary.display()
     );
     let built = std::fs::metadata(binary)?.modified()?;
@@ -125,7 +136,7 @@ pub fn check_binary(binary: &Path) -> Result<()> {
             .is_ok_and(|modified| modified > built);
         ensure!(
             !newer,
-            "{} is older than {}; rebuild it with `{BUILD_HINT}`",
+            "{} is older than {}; rebuild it with `{hint}`",
             binary.display(),
             source.display()
         );
