@@ -342,6 +342,9 @@ fn open_checked(path: &Path, opts: &JournalOptions) -> Result<Connection, Journa
         Synchronous::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
+    // A bounded page cache: the backlog check scans every unpublished row,
+    // and the default cache would keep growing with the backlog.
+    conn.pragma_update(None, "cache_size", -512)?;
     let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
     if check != "ok" {
         return Err(JournalError::Sqlite(rusqlite::Error::SqliteFailure(
