@@ -424,18 +424,8 @@ impl Fixture<'_> {
 }
 
 /// SIGTERM; the agent must exit 0 within 10 s. Returns how long it took.
-fn stop(mut agent: AgentProcess) -> Result<Duration> {
-    let stopping = Instant::now();
-    agent.signal(libc::SIGTERM)?;
-    let status = agent
-        .wait_timeout(Duration::from_secs(10))?
-        .context("rae-agent still running 10 s after SIGTERM")?;
-    ensure!(
-        status.success(),
-        "rae-agent exited with {status} after SIGTERM; log:\n{}",
-        agent.log_tail()
-    );
-    Ok(stopping.elapsed())
+fn stop(agent: AgentProcess) -> Result<Duration> {
+    agent.stop_gracefully()
 }
 
 fn median_min_max(v: &mut [Duration]) -> (Duration, Duration, Duration) {

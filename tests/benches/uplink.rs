@@ -560,18 +560,8 @@ fn signed_ms(a: Instant, b: Instant) -> f64 {
 }
 
 /// SIGTERM; the agent must exit 0 within 10 s.
-fn stop(mut agent: AgentProcess) -> Result<Duration> {
-    let stopping = Instant::now();
-    agent.signal(libc::SIGTERM)?;
-    let status = agent
-        .wait_timeout(Duration::from_secs(10))?
-        .context("rae-agent still running 10 s after SIGTERM")?;
-    ensure!(
-        status.success(),
-        "rae-agent exited with {status} after SIGTERM; log:\n{}",
-        agent.log_tail()
-    );
-    Ok(stopping.elapsed())
+fn stop(agent: AgentProcess) -> Result<Duration> {
+    agent.stop_gracefully()
 }
 
 /// The baseline: a bare rumqttc QoS 1 publisher of `payloads`, in order,

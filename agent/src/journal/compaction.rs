@@ -112,10 +112,12 @@ pub fn plan(entries: &[Entry], bounds: Bounds, foldable: impl Fn(&str) -> bool) 
                 break;
             }
             let list = &deltas[session];
-            if list.len() < 2 || !foldable(session) {
+            let Some((newest, older)) = list.split_last() else {
+                continue;
+            };
+            if older.is_empty() || !foldable(session) {
                 continue;
             }
-            let (newest, older) = list.split_last().expect("len >= 2");
             for e in older {
                 live.remove(&e.id);
             }

@@ -132,7 +132,7 @@ impl<'a> Connection<'a> {
                     Ok(ev) => self.on_event(ev),
                     Err(e) => return self.lost(e),
                 },
-                res = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
+                res = join_fetch(&mut fetch), if fetch.is_some() => {
                     fetch = None;
                     match res.map_err(|e| e.to_string()).and_then(|r| r) {
                         Ok(rows) => {
@@ -367,6 +367,16 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
     match hint {
         Some(h) => format!("{h} ({text})"),
         None => text,
+    }
+}
+
+/// The pending fetch's result; pends forever when there is none.
+async fn join_fetch(
+    fetch: &mut Option<Fetch>,
+) -> Result<Result<Vec<OutboxRow>, String>, tokio::task::JoinError> {
+    match fetch.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 

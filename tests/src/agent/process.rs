@@ -86,6 +86,21 @@ impl AgentProcess {
     }
 
     /// The last 80 lines of the log.
+    /// SIGTERM; the agent must exit 0 within 10 s. Returns how long it took.
+    pub fn stop_gracefully(mut self) -> Result<Duration> {
+        let stopping = Instant::now();
+        self.signal(libc::SIGTERM)?;
+        let status = self
+            .wait_timeout(Duration::from_secs(10))?
+            .context("rae-agent still running 10 s after SIGTERM")?;
+        ensure!(
+            status.success(),
+            "rae-agent exited with {status} after SIGTERM; log:\n{}",
+            self.log_tail()
+        );
+        Ok(stopping.elapsed())
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
