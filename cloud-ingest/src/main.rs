@@ -1,0 +1,74 @@
+//! `rae-cloud-ingest`: one binary, one subcommand per role. Exit codes:
+//! 0 ok, 1 runtime failure (the whole cause chain is printed), 64 bad
+//! config or usage.
+
+use clap::{Parser, Subcommand};
+use rae_cloud_ingest::{bridge, cli, config, db, logging, registry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "rae-cloud-ingest", version, about)]
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// MQTT → Kafka bridge (and the command downlink Kafka → MQTT).
+    Bridge,
+    /// Kafka → database: the Cloud Registry.
+    Registry,
+    /// Run the embedded database migrations (idempotent).
+    Migrate,
+    /// Query devices in the database.
+    Devices(cli::DevicesArgs),
+    /// Validate the config file and exit (0, or 64 with the offending key).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::load(&cli.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rae-cloud-ingest: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    logging::init(settings.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rae-cloud-ingest: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Bridge => bridge::run(settings).await,
+            Command::Registry => registry::run(settings).await,
+            Command::Migrate => db::migrate_command(settings).await,
+            Command::Devices(args) => cli::devices(settings, args).await,
+            Command::CheckConfig => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rae-cloud-ingest: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Prometheus metrics: a tiny registry of counters and gauges (optionally
+//! with one label, e.g. `partition`) and a `/metrics` HTTP endpoint in the
+//! text exposition format 0.0.4. Both `bridge` and `registry` serve one.
+//!
+//! Invariants: updating a metric never blocks on I/O and never allocates
+//! for unlabelled metrics; the endpoint answers every GET with the current
+//! values and anything else with 404.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A counter or gauge value.
+#[derive(Debug, Clone, Default)]
+pub struct Value(Arc<AtomicI64>);
+
+impl Value {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn set(&self, n: i64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct Family {
+    help: &'static str,
+    kind: &'static str,
+    label: Option<&'static str>,
+    values: BTreeMap<String, Value>,
+}
+
+/// All metrics of one process; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    families: Arc<Mutex<BTreeMap<&'static str, Family>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// A monotonically increasing counter (name should end in `_total`).
+    pub fn counter(&self, name: &'static str, help: &'static str) -> Value {
+        self.register(name, help, "counter", None, String::new())
+    }
+
+    /// A value that goes up and down.
+    pub fn gauge(&self, name: &'static str, help: &'static str) -> Value {
+        self.register(name, help, "gauge", None, String::new())
+    }
+
+    /// One gauge per label value, e.g. `consumer_lag{partition="3"}`.
+    pub fn labelled_gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        value: &str,
+    ) -> Value {
+        self.register(name, help, "gauge", Some(label), value.to_string())
+    }
+
+    /// One counter per label value.
+    pub fn labelled_counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        value: &str,
+    ) -> Value {
+        self.register(name, help, "counter", Some(label), value.to_string())
+    }
+
+    fn register(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+        label: Option<&'static str>,
+        label_value: String,
+    ) -> Value {
+        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let family = families.entry(name).or_insert_with(|| Family {
+            help,
+            kind,
+            label,
+            values: BTreeMap::new(),
+        });
+        family.values.entry(label_value).or_default().clone()
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (name, f) in families.iter() {
+            let _ = writeln!(out, "# HELP {name} {}", f.help);
+            let _ = writeln!(out, "# TYPE {name} {}", f.kind);
+            for (lv, v) in &f.values {
+                match f.label {
+                    Some(l) => {
+                        let lv = lv.replace('\\', "\\\\").replace('"', "\\\"");
+                        let _ = writeln!(out, "{name}{{{l}=\"{lv}\"}} {}", v.get());
+                    }
+                    None => {
+                        let _ = writeln!(out, "{name} {}", v.get());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]);
+                    let response = if request.starts_with("GET /metrics") {
+                        let body = metrics.render();
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    } else {
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_string()
+                    };
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        }
+    }
+}
+
+/// Binds `addr`; the error names the address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen for /metrics on {addr}: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_counters_and_labelled_gauges() {
+        let m = Metrics::new();
+        m.counter("rae_messages_in_total", "Messages in.").add(3);
+        m.labelled_gauge("rae_consumer_lag", "Lag.", "partition", "0")
+            .set(7);
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE rae_messages_in_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("rae_messages_in_total 3"), "{text}");
+        assert!(
+            text.contains("rae_consumer_lag{partition=\"0\"} 7"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn registering_twice_returns_the_same_value() {
+        let m = Metrics::new();
+        m.counter("c_total", "c").inc();
+        m.counter("c_total", "c").inc();
+        assert_eq!(m.counter("c_total", "c").get(), 2);
+    }
+
+    #[tokio::test]
+    async fn endpoint_serves_the_current_values() {
+        let m = Metrics::new();
+        m.gauge("g", "a gauge").set(42);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(false);
+        tokio::spawn(serve(listener, m, rx));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("g 42"), "{body}");
+    }
+}
