@@ -5,17 +5,16 @@
 
 use super::messages::{self, Command};
 use super::{tls, Ended, Uplink};
-use crate::journal::outbox::{Outbox, OutboxRow};
+use super::store::{Fetched, StoreHandle};
+use crate::journal::outbox::OutboxRow;
 use crate::runtime::registry_task::RegistryCommand;
 use crate::status::UplinkStatus;
 use log::{info, warn};
 use rae_protocol::{command_filter, parse_topic, status_topic, ParsedTopic};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 const FETCH_BATCH: usize = 256;
@@ -31,8 +30,7 @@ enum Sent {
 pub(crate) struct Connection<'a> {
     up: &'a Uplink,
     broker: &'a super::config::Broker,
-    outbox: Arc<Mutex<Outbox>>,
-    marks: mpsc::UnboundedSender<i64>,
+    store: StoreHandle,
     shutdown: watch::Receiver<bool>,
     queue: VecDeque<OutboxRow>,
     cursor: i64,
@@ -43,20 +41,18 @@ pub(crate) struct Connection<'a> {
     connected: bool,
 }
 
-type Fetch = JoinHandle<Result<Vec<OutboxRow>, String>>;
+type Fetch = oneshot::Receiver<Fetched>;
 
 impl<'a> Connection<'a> {
     pub(crate) fn new(
         up: &'a Uplink,
         broker: &'a super::config::Broker,
-        outbox: Arc<Mutex<Outbox>>,
-        marks: mpsc::UnboundedSender<i64>,
+        store: StoreHandle,
     ) -> Self {
         Connection {
             up,
             broker,
-            outbox,
-            marks,
+            store,
             shutdown: up.shutdown.clone(),
             queue: VecDeque::new(),
             cursor: 0,
@@ -134,7 +130,7 @@ impl<'a> Connection<'a> {
                 },
                 res = join_fetch(&mut fetch), if fetch.is_some() => {
                     fetch = None;
-                    match res.map_err(|e| e.to_string()).and_then(|r| r) {
+                    match res.map_err(|_| "uplink store thread stopped".to_string()).and_then(|r| r) {
                         Ok(rows) => {
                             idle = rows.is_empty();
                             if let Some(last) = rows.last() {
@@ -201,12 +197,7 @@ impl<'a> Connection<'a> {
     }
 
     fn fetch(&self) -> Fetch {
-        let outbox = self.outbox.clone();
-        let after = self.cursor;
-        tokio::task::spawn_blocking(move || match outbox.lock() {
-            Ok(o) => o.fetch(after, FETCH_BATCH).map_err(|e| e.to_string()),
-            Err(_) => Err("outbox lock poisoned".into()),
-        })
+        self.store.fetch(self.cursor, FETCH_BATCH)
     }
 
     /// Publishes queued rows while the window has room.
@@ -217,29 +208,36 @@ impl<'a> Connection<'a> {
             };
             let topic = format!("rae/v1/{}/devices/{}", self.up.rae_id, row.session_id);
             let retain = row.kind == "checkpoint";
+            let detached = row.kind == "detached";
+            let id = row.id;
+            let clear_topic = detached.then(|| topic.clone());
             if client
-                .try_publish(topic.clone(), QoS::AtLeastOnce, retain, row.payload.clone())
+                .try_publish(topic, QoS::AtLeastOnce, retain, row.payload)
                 .is_err()
             {
-                self.queue.push_front(row);
+                // The channel to the event loop is full: forget the queue
+                // and read again from this row on the next turn (the journal
+                // still has it; nothing before it is skipped).
+                self.queue.clear();
+                self.cursor = id - 1;
                 return;
             }
-            self.awaiting_pkid.push_back(Sent::Event(row.id));
+            self.awaiting_pkid.push_back(Sent::Event(id));
             let mut acks = 1;
-            if row.kind == "detached" {
+            if let Some(clear_topic) = clear_topic {
                 // Clear the retained checkpoint of the ended session. The
                 // event is published only when both are acknowledged; if the
                 // clear cannot be queued, the event stays unacknowledged in
                 // this connection and is sent again after the next connect.
                 acks = 2;
                 if client
-                    .try_publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                    .try_publish(clear_topic, QoS::AtLeastOnce, true, Vec::new())
                     .is_ok()
                 {
-                    self.awaiting_pkid.push_back(Sent::Event(row.id));
+                    self.awaiting_pkid.push_back(Sent::Event(id));
                 }
             }
-            self.outstanding.insert(row.id, (acks, retain));
+            self.outstanding.insert(id, (acks, retain));
         }
     }
 
@@ -270,7 +268,7 @@ impl<'a> Connection<'a> {
         }
         let checkpoint = *checkpoint;
         self.outstanding.remove(&id);
-        let _ = self.marks.send(id);
+        self.store.mark(id);
         let now = crate::timefmt::now_ms();
         self.update(|s| {
             s.published += 1;
@@ -371,9 +369,7 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
 }
 
 /// The pending fetch's result; pends forever when there is none.
-async fn join_fetch(
-    fetch: &mut Option<Fetch>,
-) -> Result<Result<Vec<OutboxRow>, String>, tokio::task::JoinError> {
+async fn join_fetch(fetch: &mut Option<Fetch>) -> Result<Fetched, oneshot::error::RecvError> {
     match fetch.as_mut() {
         Some(f) => f.await,
         None => std::future::pending().await,

@@ -9,9 +9,9 @@
 //! - A PUBACK is mapped back to its event by packet id, exactly; a
 //!   `detached` event counts as published only once the clearing empty
 //!   retained message on its topic is acknowledged too.
-//! - SQLite is touched only on blocking threads (fetch) and by a marker
-//!   task (batched `published` updates); the MQTT event loop is polled all
-//!   the time.
+//! - SQLite is touched only by the uplink's store thread (`store.rs`:
+//!   fetches, and time-batched `published` marks); the MQTT event loop is
+//!   polled all the time.
 //! - Each connection uses a fresh rumqttc client with a clean session, so no
 //!   in-memory resend state of rumqttc survives a disconnect.
 //!
@@ -22,6 +22,7 @@
 pub mod config;
 mod connection;
 pub mod messages;
+mod store;
 mod tls;
 
 pub use config::{MqttSettings, RawMqttConfig};
@@ -29,7 +30,7 @@ pub use config::{MqttSettings, RawMqttConfig};
 use crate::journal::outbox::Outbox;
 use crate::runtime::registry_task::RegistryCommand;
 use crate::status::UplinkStatus;
-use log::{debug, info, warn};
+use log::{info, warn};
 use messages::BirthInfo;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -69,13 +70,12 @@ impl Uplink {
                 return;
             }
         };
-        let (mark_tx, mark_rx) = mpsc::unbounded_channel();
-        let marker = tokio::spawn(marker(outbox.clone(), mark_rx, self.status.clone()));
+        let (store, store_thread) = store::spawn(outbox, self.status.clone());
         let max = Duration::from_secs(self.settings.reconnect_max_backoff_secs);
         let mut backoff = Duration::from_millis(500);
         loop {
             let ended =
-                connection::Connection::new(&self, &broker, outbox.clone(), mark_tx.clone())
+                connection::Connection::new(&self, &broker, store.clone())
                     .run()
                     .await;
             self.update(|s| s.connected = false);
@@ -99,8 +99,8 @@ impl Uplink {
                 }
             }
         }
-        drop(mark_tx);
-        let _ = marker.await;
+        drop(store);
+        let _ = store_thread.await;
         info!("uplink stopped");
     }
 
@@ -121,52 +121,9 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(frac)
 }
 
-async fn open_outbox(path: PathBuf) -> Result<Arc<Mutex<Outbox>>, String> {
+async fn open_outbox(path: PathBuf) -> Result<Outbox, String> {
     tokio::task::spawn_blocking(move || Outbox::open(&path))
         .await
         .map_err(|e| e.to_string())?
-        .map(|o| Arc::new(Mutex::new(o)))
         .map_err(|e| format!("cannot open the journal for the uplink: {e}"))
-}
-
-/// Marks acknowledged events published, batching what arrived meanwhile
-/// into one transaction. Retries a failed batch; never drops an id.
-async fn marker(
-    outbox: Arc<Mutex<Outbox>>,
-    mut rx: mpsc::UnboundedReceiver<i64>,
-    status: Arc<Mutex<UplinkStatus>>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut ids = vec![first];
-        while ids.len() < 1024 {
-            match rx.try_recv() {
-                Ok(id) => ids.push(id),
-                Err(_) => break,
-            }
-        }
-        loop {
-            let o = outbox.clone();
-            let batch = ids.clone();
-            let res = tokio::task::spawn_blocking(move || match o.lock() {
-                Ok(mut o) => o.mark_published(&batch).map_err(|e| e.to_string()),
-                Err(_) => Err("outbox lock poisoned".to_string()),
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            match res {
-                Ok(()) => {
-                    debug!("marked {} events published", ids.len());
-                    break;
-                }
-                Err(e) => {
-                    warn!("cannot mark {} events published: {e}; retrying", ids.len());
-                    if let Ok(mut s) = status.lock() {
-                        s.last_error = Some(format!("marking events published: {e}"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
 }
