@@ -62,8 +62,13 @@ pub struct RawMqtt {
     /// Broker URL, `mqtt://host:port` (default port 1883). Default:
     /// `mqtt://127.0.0.1:1883`.
     pub broker: Option<String>,
-    /// MQTT client id. Default: `rae-bridge-` plus the hostname and the pid,
-    /// so two bridges on one host never steal each other's session.
+    /// MQTT client id; `{client_id}-commands` is used for the command
+    /// downlink. The uplink keeps a persistent session (clean_session =
+    /// false) under this id, so it must be *stable* across restarts of one
+    /// bridge instance (the broker redelivers what it had not seen acked)
+    /// and *distinct* per instance (two bridges with one id take each
+    /// other's session). Default: `rae-bridge-` plus the hostname; set it
+    /// when running two bridges on one host.
     pub client_id: Option<String>,
     /// Shared-subscription group: `$share/{share_group}/rae/v1/+/devices/+`.
     /// Default: `rae-bridge`.
@@ -262,7 +267,7 @@ fn validate_mqtt(raw: RawMqtt) -> Result<MqttSettings, ConfigError> {
     let client_id = match raw.client_id {
         Some(id) if id.is_empty() => return Err(invalid("mqtt.client_id", "is empty")),
         Some(id) => id,
-        None => format!("rae-bridge-{}-{}", hostname(), std::process::id()),
+        None => format!("rae-bridge-{}", hostname()),
     };
     let max_in_flight = raw.max_in_flight.unwrap_or(1000);
     in_range("mqtt.max_in_flight", max_in_flight.into(), 1..=65_000)?;

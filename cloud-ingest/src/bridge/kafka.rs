@@ -1,0 +1,137 @@
+//! librdkafka configuration of the bridge's producer (uplink) and consumer
+//! (command downlink). The property lists are pure and tested; `[kafka.
+//! properties]` is applied last, so an operator can override any default
+//! (e.g. `security.protocol`), except the settings the bridge's guarantees
+//! rest on, which are applied after it and cannot be overridden:
+//!
+//! - producer: `acks=all`, `enable.idempotence=true` (with librdkafka's
+//!   own retries this keeps each partition in order and free of
+//!   duplicates from internal retries);
+//! - consumer: `enable.auto.offset.store=false` (an offset is stored only
+//!   after the command's PUBACK; auto-commit then commits stored offsets).
+
+use crate::config::KafkaSettings;
+use rdkafka::config::ClientConfig;
+
+/// Producer defaults an operator may override in `[kafka.properties]`.
+/// `message.timeout.ms` is finite so that an outage shows up as delivery
+/// failures (metric and log) that the bridge retries itself, in order.
+const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
+    ("message.timeout.ms", "30000"),
+    ("linger.ms", "5"),
+    ("compression.type", "none"),
+    ("queue.buffering.max.messages", "100000"),
+    ("log_level", "4"),
+];
+
+const PRODUCER_FIXED: [(&str, &str); 2] = [("acks", "all"), ("enable.idempotence", "true")];
+
+const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
+    ("auto.offset.reset", "earliest"),
+    ("enable.auto.commit", "true"),
+    ("log_level", "4"),
+];
+
+const CONSUMER_FIXED: [(&str, &str); 1] = [("enable.auto.offset.store", "false")];
+
+/// Properties librdkafka warns about when given to the other client type;
+/// they are left out of that client's list.
+const PRODUCER_ONLY: [&str; 6] = [
+    "acks",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "linger.ms",
+    "compression.type",
+    "queue.buffering.max.messages",
+];
+
+/// The producer's properties, in application order.
+pub fn producer_properties(kafka: &KafkaSettings) -> Vec<(String, String)> {
+    let mut out = vec![("bootstrap.servers".to_string(), kafka.brokers.clone())];
+    push(&mut out, &PRODUCER_DEFAULTS);
+    out.extend(kafka.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+    push(&mut out, &PRODUCER_FIXED);
+    out
+}
+
+/// The downlink consumer's properties, in application order.
+pub fn consumer_properties(kafka: &KafkaSettings) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("bootstrap.servers".to_string(), kafka.brokers.clone()),
+        ("group.id".to_string(), kafka.bridge_group.clone()),
+    ];
+    push(&mut out, &CONSUMER_DEFAULTS);
+    out.extend(
+        kafka
+            .properties
+            .iter()
+            .filter(|(k, _)| !PRODUCER_ONLY.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    push(&mut out, &CONSUMER_FIXED);
+    out
+}
+
+fn push(out: &mut Vec<(String, String)>, pairs: &[(&str, &str)]) {
+    out.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+}
+
+/// A librdkafka config from a property list (later entries win).
+pub fn client_config(properties: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn settings(props: &[(&str, &str)]) -> KafkaSettings {
+        let raw = format!(
+            "[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\n{}",
+            props
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+                .collect::<String>()
+        );
+        crate::config::parse(&raw, std::path::Path::new("t.toml"))
+            .unwrap()
+            .kafka
+    }
+
+    fn last(props: &[(String, String)]) -> BTreeMap<String, String> {
+        props.iter().cloned().collect()
+    }
+
+    #[test]
+    fn the_producer_is_idempotent_with_acks_all_whatever_the_properties_say() {
+        let p = last(&producer_properties(&settings(&[
+            ("acks", "1"),
+            ("enable.idempotence", "false"),
+            ("linger.ms", "50"),
+            ("security.protocol", "SSL"),
+        ])));
+        assert_eq!(p["acks"], "all");
+        assert_eq!(p["enable.idempotence"], "true");
+        assert_eq!(p["linger.ms"], "50", "defaults are overridable");
+        assert_eq!(p["security.protocol"], "SSL");
+        assert_eq!(p["bootstrap.servers"], "k:9092");
+    }
+
+    #[test]
+    fn the_consumer_stores_offsets_only_by_hand_and_skips_producer_properties() {
+        let p = last(&consumer_properties(&settings(&[
+            ("enable.auto.offset.store", "true"),
+            ("linger.ms", "50"),
+            ("security.protocol", "SSL"),
+        ])));
+        assert_eq!(p["enable.auto.offset.store"], "false");
+        assert_eq!(p["group.id"], "rae-bridge");
+        assert!(!p.contains_key("linger.ms"));
+        assert_eq!(p["security.protocol"], "SSL");
+    }
+}

@@ -1,0 +1,297 @@
+//! [`Uplink`]: MQTT → Kafka. Takes messages from the [`super::mqtt::Reader`]
+//! while [`InFlight`] has room, produces them, and acks each one only after
+//! Kafka confirmed it (see `inflight.rs` for ordering and retries).
+//!
+//! Shutdown: stop taking new messages (the ones the reader still hands over
+//! are dropped unacked, so the broker keeps them in our session), wait for
+//! the in-flight ones up to the drain deadline, write the acks and a
+//! DISCONNECT, return.
+
+use super::inflight::{Admit, InFlight};
+use super::kafka;
+use super::mqtt::{self, MqttEvent};
+use super::record::{self, Destination, Meta, Route};
+use super::BridgeMetrics;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rumqttc::{AsyncClient, Publish, QoS};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// One message waiting for Kafka.
+#[derive(Debug)]
+pub struct Pending {
+    destination: Destination,
+    payload: Vec<u8>,
+    meta: Meta,
+}
+
+type Report = (u64, u32, Result<(), String>);
+
+/// The MQTT → Kafka task.
+#[allow(missing_debug_implementations)]
+pub struct Uplink {
+    pub client: AsyncClient,
+    pub events: mpsc::Receiver<MqttEvent>,
+    pub producer: FutureProducer,
+    pub producer_properties: Vec<(String, String)>,
+    pub events_topic: String,
+    pub status_topic: String,
+    pub share_group: String,
+    pub max_in_flight: usize,
+    pub drain: Duration,
+    pub metrics: BridgeMetrics,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+struct Run {
+    inflight: InFlight<Pending>,
+    deliveries: JoinSet<Report>,
+    epoch: Instant,
+}
+
+impl Uplink {
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut run = Run {
+            inflight: InFlight::new(self.max_in_flight),
+            deliveries: JoinSet::new(),
+            epoch: Instant::now(),
+        };
+        let mut stopping: Option<Instant> = None;
+        loop {
+            let take = stopping.is_none() && run.inflight.has_room();
+            let next_due = run
+                .inflight
+                .next_due_ms()
+                .map(|ms| run.epoch + Duration::from_millis(ms));
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed(), if stopping.is_none() => {
+                    log::info!(
+                        "uplink: stopping; draining {} in-flight message(s) for up to {:?}",
+                        run.inflight.len(), self.drain
+                    );
+                    stopping = Some(Instant::now() + self.drain);
+                }
+                Some(report) = run.deliveries.join_next(), if !run.deliveries.is_empty() => {
+                    match report {
+                        Ok(report) => self.on_report(&mut run, report),
+                        Err(e) => log::error!("uplink: a delivery task failed: {e}"),
+                    }
+                }
+                _ = sleep_until(next_due), if next_due.is_some() => {
+                    let now = run.now_ms();
+                    for (id, attempt) in run.inflight.due(now) {
+                        self.produce(&mut run, id, attempt);
+                    }
+                }
+                _ = sleep_until(stopping), if stopping.is_some() => {
+                    log::warn!(
+                        "uplink: drain deadline passed with {} message(s) unconfirmed; \
+                         they stay unacked and the broker redelivers them",
+                        run.inflight.len()
+                    );
+                    break;
+                }
+                event = self.events.recv(), if take || stopping.is_some() => {
+                    let Some(event) = event else { break };
+                    self.on_mqtt(&mut run, event, stopping.is_some())?;
+                }
+            }
+            self.metrics.in_flight.set(run.inflight.len() as i64);
+            if stopping.is_some() && run.inflight.is_empty() {
+                break;
+            }
+        }
+        self.disconnect().await;
+        Ok(())
+    }
+
+    fn on_mqtt(&mut self, run: &mut Run, event: MqttEvent, stopping: bool) -> anyhow::Result<()> {
+        match event {
+            MqttEvent::Connected { session_present } => {
+                let connection = run.inflight.new_connection();
+                self.metrics.mqtt_connections.inc();
+                log::info!(
+                    "uplink: connected to MQTT (connection {connection}, session present: {session_present})"
+                );
+                if !session_present {
+                    mqtt::subscribe(&self.client, &self.share_group)?;
+                }
+            }
+            MqttEvent::Lost { error, retry_in } => {
+                log::warn!("uplink: MQTT connection lost: {error}; retrying in {retry_in:?}");
+            }
+            MqttEvent::Disconnected => {}
+            MqttEvent::Publish(_) if stopping => {}
+            MqttEvent::Publish(p) => self.on_publish(run, p),
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, run: &mut Run, p: Publish) {
+        self.metrics.messages_in.inc();
+        let route = record::route(&p.topic, p.payload.len());
+        let pkid = (p.qos != QoS::AtMostOnce).then_some(p.pkid);
+        let meta = Meta {
+            qos: p.qos as u8,
+            retain: p.retain,
+            received_at_ms: unix_ms(),
+        };
+        let (destination, record) = match route {
+            Route::Produce(d) => (d, true),
+            Route::Skip(why) => {
+                self.metrics.skipped.inc();
+                log::debug!("uplink: no record for {} ({why:?})", p.topic);
+                (Destination::Events, false)
+            }
+        };
+        let pending = Pending {
+            destination,
+            payload: p.payload.into(),
+            meta,
+        };
+        match run.inflight.push(&p.topic, pkid, record, pending) {
+            Admit::ProduceNow(id) => self.produce(run, id, 0),
+            Admit::Held(_) => {}
+            Admit::NoRecord(_) => self.release(run),
+        }
+    }
+
+    fn produce(&mut self, run: &mut Run, id: u64, attempt: u32) {
+        let Some((key, pending)) = run.inflight.get(id) else {
+            return;
+        };
+        let topic = match pending.destination {
+            Destination::Events => &self.events_topic,
+            Destination::Status => &self.status_topic,
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(4);
+        for (name, value) in record::headers(key, &pending.meta) {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(&pending.payload)
+            .headers(headers)
+            .timestamp(pending.meta.received_at_ms);
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                run.deliveries.spawn(async move {
+                    let result = match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(e.to_string()),
+                        Err(_) => Err("the producer was dropped".to_string()),
+                    };
+                    (id, attempt, result)
+                });
+            }
+            Err((e, _)) => {
+                // Queue full or a fatal producer: a failed attempt, retried.
+                let now = run.now_ms();
+                self.failed(run, id, attempt, now, &e);
+            }
+        }
+    }
+
+    fn on_report(&mut self, run: &mut Run, (id, attempt, result): Report) {
+        match result {
+            Ok(()) => {
+                if run.inflight.delivered(id, attempt) {
+                    self.metrics.messages_out.inc();
+                    self.release(run);
+                }
+            }
+            Err(e) => {
+                let now = run.now_ms();
+                self.failed(run, id, attempt, now, &e);
+            }
+        }
+    }
+
+    fn failed(
+        &mut self,
+        run: &mut Run,
+        id: u64,
+        attempt: u32,
+        now: u64,
+        error: &dyn std::fmt::Display,
+    ) {
+        if !run.inflight.failed(id, attempt, now) {
+            return;
+        }
+        self.metrics.delivery_failures.inc();
+        let key = run.inflight.get(id).map(|(k, _)| k).unwrap_or_default();
+        log::warn!(
+            "uplink: Kafka delivery failed for {key} (attempt {}): {error}; retrying it and \
+             later messages of its topic in order",
+            attempt + 1
+        );
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            log::error!(
+                "uplink: the Kafka producer hit a fatal error ({code:?}: {reason}); replacing it"
+            );
+            match kafka::client_config(&self.producer_properties).create::<FutureProducer>() {
+                Ok(p) => {
+                    self.producer = p;
+                    run.inflight.fail_all(now + super::inflight::RETRY_FIRST_MS);
+                }
+                Err(e) => log::error!("uplink: cannot create a new Kafka producer: {e}"),
+            }
+        }
+    }
+
+    fn release(&mut self, run: &mut Run) {
+        for ack in run.inflight.release() {
+            let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
+            p.pkid = ack.pkid;
+            match self.client.try_ack(&p) {
+                Ok(()) => self.metrics.acks.inc(),
+                Err(e) => log::warn!(
+                    "uplink: cannot queue the PUBACK of packet {}: {e}; the broker redelivers it",
+                    ack.pkid
+                ),
+            }
+        }
+    }
+
+    /// Writes the queued acks and a DISCONNECT (bounded).
+    async fn disconnect(&mut self) {
+        if self.client.try_disconnect().is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(event) = self.events.recv().await {
+                if matches!(event, MqttEvent::Disconnected | MqttEvent::Lost { .. }) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Run {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
