@@ -1,8 +1,134 @@
-//! Database schema and SQL. (Being built: see issue 5.)
+//! Database access shared by `registry`, `migrate` and `devices`:
+//! connecting, the embedded migrations ([`migrate`]), the batch writer
+//! ([`write`]) and the queries ([`read`]).
+//!
+//! Invariants: all SQL runs unchanged on PostgreSQL and CockroachDB (rules
+//! in docs/CLOUD.md); errors say which step failed; [`is_retryable`] is the
+//! one place deciding whether an error is worth retrying.
+
+pub mod migrate;
+pub mod read;
+pub mod write;
 
 use crate::config::Settings;
+use anyhow::Context as _;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+/// A database failure, with the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("{step}: {source}")]
+    Sql {
+        step: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("the database schema is at version {found}, newer than this binary knows ({known}); upgrade rae-cloud-ingest")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("the database schema is not migrated (version {found}, need {needed}); run `rae-cloud-ingest migrate`")]
+    SchemaTooOld { found: i64, needed: i64 },
+}
+
+/// Attaches the failing step to a driver error.
+pub(crate) fn sql(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+    move |source| DbError::Sql { step, source }
+}
+
+impl DbError {
+    /// The driver error, if any.
+    pub fn source_pg(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            DbError::Connect(e) | DbError::Sql { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.source_pg().is_some_and(is_retryable)
+    }
+
+    /// A serialization failure or deadlock (retry at once, with backoff).
+    pub fn is_conflict(&self) -> bool {
+        self.source_pg().and_then(|e| e.code()).is_some_and(|c| {
+            *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        })
+    }
+}
+
+/// Whether a driver error is transient: connection loss, server shutting
+/// down or not accepting connections, serialization failure (SQLSTATE
+/// 40001, CockroachDB under contention), deadlock, resources. Errors in
+/// the data or the SQL itself are not.
+pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: I/O, closed connection, connect failure.
+        return true;
+    };
+    let class = &code.code()[..2];
+    matches!(class, "08" | "40" | "53" | "57" | "58") || *code == SqlState::CANNOT_CONNECT_NOW
+}
+
+/// Connects and spawns the connection task; the task ends when the client
+/// is dropped or the connection breaks (then queries fail with a closed
+/// error, which [`is_retryable`]).
+pub async fn connect(url: &str) -> Result<Client, DbError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(DbError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            log::debug!("database connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
 
 /// `rae-cloud-ingest migrate`.
-pub async fn migrate_command(_settings: Settings) -> anyhow::Result<()> {
-    anyhow::bail!("`migrate` is not built yet")
+pub async fn migrate_command(settings: Settings) -> anyhow::Result<()> {
+    let client = connect(&settings.database.url)
+        .await
+        .with_context(|| format!("database {}", redact(&settings.database.url)))?;
+    let outcome = migrate::migrate(&client).await.context("migrate")?;
+    if outcome.applied.is_empty() {
+        println!("schema is up to date (version {})", outcome.version);
+    } else {
+        for (version, name) in &outcome.applied {
+            println!("applied migration {version:04} {name}");
+        }
+        println!("schema is at version {}", outcome.version);
+    }
+    Ok(())
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("postgresql://rae:secret@db:26257/rae"),
+            "postgresql://rae:***@db:26257/rae"
+        );
+        assert_eq!(redact("postgresql://rae@db/rae"), "postgresql://rae@db/rae");
+        assert_eq!(redact("host=x user=y"), "host=x user=y");
+    }
 }

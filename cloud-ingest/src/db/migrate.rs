@@ -1,0 +1,154 @@
+//! Embedded, version-tracked migrations.
+//!
+//! Owns [`MIGRATIONS`] (the SQL files of `cloud-ingest/migrations/`,
+//! compiled in) and [`migrate`]. Invariants: a migration's statements are
+//! all idempotent (`IF NOT EXISTS`), run outside an explicit transaction
+//! (CockroachDB does not mix schema changes and writes in one transaction
+//! well), and are recorded in `rae_schema_migrations` afterwards with
+//! `ON CONFLICT DO NOTHING`; so `migrate` can be re-run, run concurrently,
+//! or resumed after a crash between the two steps.
+
+use super::{sql, DbError};
+use tokio_postgres::Client;
+
+/// (version, name, SQL), in version order.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/0001_initial.sql"),
+)];
+
+/// The newest version this binary knows.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
+}
+
+const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS rae_schema_migrations (
+    version     BIGINT      NOT NULL PRIMARY KEY,
+    name        TEXT        NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL
+)";
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub applied: Vec<(i64, String)>,
+    pub version: i64,
+}
+
+/// The schema version recorded in the database (0 when none).
+pub async fn current_version(client: &Client) -> Result<i64, DbError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM information_schema.tables WHERE table_name = 'rae_schema_migrations'",
+            &[],
+        )
+        .await
+        .map_err(sql("look for rae_schema_migrations"))?;
+    if exists.is_none() {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM rae_schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(sql("read the schema version"))?;
+    Ok(row.get(0))
+}
+
+/// Fails unless the schema is exactly at [`latest_version`].
+pub async fn check_version(client: &Client) -> Result<(), DbError> {
+    let found = current_version(client).await?;
+    let known = latest_version();
+    if found > known {
+        return Err(DbError::SchemaTooNew { found, known });
+    }
+    if found < known {
+        return Err(DbError::SchemaTooOld {
+            found,
+            needed: known,
+        });
+    }
+    Ok(())
+}
+
+/// The statements of a migration file: `--` comment lines dropped, split
+/// at `;` (the files hold no `;` inside literals). One statement at a time,
+/// so no engine wraps several schema changes in one implicit transaction.
+pub fn statements(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Applies every migration newer than the recorded version.
+pub async fn migrate(client: &Client) -> Result<Outcome, DbError> {
+    client
+        .batch_execute(VERSION_TABLE)
+        .await
+        .map_err(sql("create rae_schema_migrations"))?;
+    let mut version = current_version(client).await?;
+    if version > latest_version() {
+        return Err(DbError::SchemaTooNew {
+            found: version,
+            known: latest_version(),
+        });
+    }
+    let mut applied = Vec::new();
+    let start = version;
+    for (v, name, text) in MIGRATIONS.iter().filter(|m| m.0 > start) {
+        log::info!("applying migration {v:04} {name}");
+        for statement in statements(text) {
+            client
+                .batch_execute(&statement)
+                .await
+                .map_err(sql("apply a migration"))?;
+        }
+        client
+            .execute(
+                "INSERT INTO rae_schema_migrations (version, name, applied_at) VALUES ($1, $2, now()) ON CONFLICT (version) DO NOTHING",
+                &[v, name],
+            )
+            .await
+            .map_err(sql("record a migration"))?;
+        applied.push((*v, name.to_string()));
+        version = *v;
+    }
+    Ok(Outcome { applied, version })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_statement_is_idempotent() {
+        for (v, _, text) in MIGRATIONS {
+            let stmts = statements(text);
+            assert!(!stmts.is_empty(), "migration {v} is empty");
+            for s in stmts {
+                assert!(
+                    s.starts_with("CREATE TABLE IF NOT EXISTS")
+                        || s.starts_with("CREATE INDEX IF NOT EXISTS"),
+                    "migration {v}: not idempotent: {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_from_one() {
+        for (i, (v, _, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*v, i as i64 + 1);
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The registry's writes: load the sessions a batch names (locked), then
+//! write a [`Plan`] in the same transaction.
+//!
+//! Invariants: each kind of row is written with one statement per batch
+//! (arrays bound as parameters and expanded with `unnest`), so a batch
+//! costs a fixed number of round trips; every write is an idempotent
+//! `INSERT … ON CONFLICT` or a keyed `DELETE`; session rows are locked
+//! (`SELECT … FOR UPDATE`, in key order) before planning, so two
+//! consumers briefly owning one partition during a rebalance serialize and
+//! the second sees the first one's `last_seq`; a session row never moves
+//! back (`WHERE last_seq <= excluded.last_seq`).
+
+use super::{sql, DbError};
+use crate::registry::plan::{Plan, Policy, SessionState};
+use rae_protocol::AttrValue;
+use std::collections::HashMap;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// (type, text) of an attribute value as stored.
+pub fn render_value(v: &AttrValue) -> (&'static str, String) {
+    match v {
+        AttrValue::Text(s) => ("text", s.clone()),
+        AttrValue::Int(i) => ("int", i.to_string()),
+        AttrValue::Bool(b) => ("bool", b.to_string()),
+        AttrValue::Float(x) => ("float", x.to_string()),
+    }
+}
+
+/// Loads and locks the sessions `ids` (sorted).
+pub async fn load_sessions(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, SessionState>, DbError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = tx
+        .query(
+            "SELECT session_id, rae_id, device_id, last_seq, stale, stale_expected, stale_got,
+                    last_resync_ms, started_ms, ended_ms, end_reason
+             FROM device_sessions WHERE session_id = ANY($1)
+             ORDER BY session_id FOR UPDATE",
+            &[&ids],
+        )
+        .await
+        .map_err(sql("load device sessions"))?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let expected: Option<i64> = r.get(5);
+        let got: Option<i64> = r.get(6);
+        out.insert(
+            r.get::<_, Uuid>(0),
+            SessionState {
+                rae_id: r.get(1),
+                device_id: r.get(2),
+                last_seq: to_u64(r.get(3)),
+                stale: r.get(4),
+                stale_gap: expected.zip(got).map(|(e, g)| (to_u64(e), to_u64(g))),
+                last_resync_ms: r.get::<_, Option<i64>>(7).map(to_u64),
+                started_ms: r.get::<_, Option<i64>>(8).map(to_u64),
+                ended_ms: r.get::<_, Option<i64>>(9).map(to_u64),
+                end_reason: r.get(10),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Writes everything `plan` decided.
+pub async fn write_plan(tx: &Transaction<'_>, plan: &Plan, policy: &Policy) -> Result<(), DbError> {
+    write_sessions(tx, plan).await?;
+    write_devices(tx, plan).await?;
+    write_attributes(tx, plan).await?;
+    write_history(tx, plan, policy).await?;
+    write_boxes(tx, plan).await
+}
+
+async fn write_sessions(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError> {
+    if plan.sessions.is_empty() {
+        return Ok(());
+    }
+    let n = plan.sessions.len();
+    let (mut ids, mut rae, mut dev, mut last, mut stale) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut exp, mut got, mut resync, mut started, mut ended, mut reason) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (id, s) in &plan.sessions {
+        ids.push(*id);
+        rae.push(s.rae_id.as_str());
+        dev.push(s.device_id.as_str());
+        last.push(to_i64(s.last_seq));
+        stale.push(s.stale);
+        exp.push(opt_i64(s.stale_gap.map(|g| g.0)));
+        got.push(opt_i64(s.stale_gap.map(|g| g.1)));
+        resync.push(opt_i64(s.last_resync_ms));
+        started.push(opt_i64(s.started_ms));
+        ended.push(opt_i64(s.ended_ms));
+        reason.push(s.end_reason.as_deref());
+    }
+    tx.execute(
+        "INSERT INTO device_sessions (session_id, rae_id, device_id, last_seq, stale,
+             stale_expected, stale_got, last_resync_ms, started_ms, ended_ms, end_reason, updated_at)
+         SELECT s, r, d, l, st, se, sg, lr, sm, em, er, now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::bigint[],
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
+              AS t(s, r, d, l, st, se, sg, lr, sm, em, er)
+         ON CONFLICT (session_id) DO UPDATE SET
+             last_seq = excluded.last_seq, stale = excluded.stale,
+             stale_expected = excluded.stale_expected, stale_got = excluded.stale_got,
+             last_resync_ms = excluded.last_resync_ms, started_ms = excluded.started_ms,
+             ended_ms = excluded.ended_ms, end_reason = excluded.end_reason,
+             updated_at = excluded.updated_at
+         WHERE device_sessions.last_seq <= excluded.last_seq",
+        &[
+            &ids, &rae, &dev, &last, &stale, &exp, &got, &resync, &started, &ended, &reason,
+        ],
+    )
+    .await
+    .map_err(sql("write device sessions"))?;
+    Ok(())
+}
+
+async fn write_devices(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError> {
+    if plan.devices.is_empty() {
+        return Ok(());
+    }
+    // BTreeMap order = key order: concurrent batches lock rows in one order.
+    let rae: Vec<&str> = plan.devices.keys().map(|k| k.0.as_str()).collect();
+    let dev: Vec<&str> = plan.devices.keys().map(|k| k.1.as_str()).collect();
+    let sid: Vec<Uuid> = plan.devices.values().copied().collect();
+    tx.execute(
+        "INSERT INTO devices (rae_id, device_id, current_session_id, first_seen_at, updated_at)
+         SELECT r, d, s, now(), now()
+         FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(r, d, s)
+         ON CONFLICT (rae_id, device_id) DO UPDATE SET
+             current_session_id = excluded.current_session_id, updated_at = excluded.updated_at
+         WHERE devices.current_session_id <= excluded.current_session_id",
+        &[&rae, &dev, &sid],
+    )
+    .await
+    .map_err(sql("write devices"))?;
+    Ok(())
+}
+
+async fn write_attributes(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError> {
+    let replaced: Vec<Uuid> = plan
+        .attrs
+        .iter()
+        .filter(|(_, d)| d.replace)
+        .map(|(s, _)| *s)
+        .collect();
+    if !replaced.is_empty() {
+        tx.execute(
+            "DELETE FROM device_attributes WHERE session_id = ANY($1)",
+            &[&replaced],
+        )
+        .await
+        .map_err(sql("replace device attributes"))?;
+    }
+    let (mut del_s, mut del_n) = (Vec::new(), Vec::new());
+    let (mut s, mut n, mut t, mut v, mut q) = (vec![], vec![], vec![], vec![], vec![]);
+    for (sid, delta) in &plan.attrs {
+        for (name, change) in &delta.changes {
+            match change {
+                None if !delta.replace => {
+                    del_s.push(*sid);
+                    del_n.push(name.as_str());
+                }
+                None => {}
+                Some((value, seq)) => {
+                    let (ty, text) = render_value(value);
+                    s.push(*sid);
+                    n.push(name.as_str());
+                    t.push(ty);
+                    v.push(text);
+                    q.push(to_i64(*seq));
+                }
+            }
+        }
+    }
+    if !del_s.is_empty() {
+        tx.execute(
+            "DELETE FROM device_attributes WHERE (session_id, name) IN
+                 (SELECT s, n FROM unnest($1::uuid[], $2::text[]) AS t(s, n))",
+            &[&del_s, &del_n],
+        )
+        .await
+        .map_err(sql("remove device attributes"))?;
+    }
+    if !s.is_empty() {
+        tx.execute(
+            "INSERT INTO device_attributes (session_id, name, value_type, value, updated_seq, updated_at)
+             SELECT s, n, t, v, q, now()
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS x(s, n, t, v, q)
+             ON CONFLICT (session_id, name) DO UPDATE SET
+                 value_type = excluded.value_type, value = excluded.value,
+                 updated_seq = excluded.updated_seq, updated_at = excluded.updated_at",
+            &[&s, &n, &t, &v, &q],
+        )
+        .await
+        .map_err(sql("write device attributes"))?;
+    }
+    Ok(())
+}
+
+async fn write_history(tx: &Transaction<'_>, plan: &Plan, policy: &Policy) -> Result<(), DbError> {
+    if !plan.history.is_empty() {
+        let h = &plan.history;
+        let s: Vec<Uuid> = h.iter().map(|r| r.session_id).collect();
+        let q: Vec<i64> = h.iter().map(|r| to_i64(r.seq)).collect();
+        let k: Vec<&str> = h.iter().map(|r| r.kind).collect();
+        let ts: Vec<i64> = h.iter().map(|r| to_i64(r.ts_ms)).collect();
+        let env: Vec<&[u8]> = h.iter().map(|r| r.envelope.as_slice()).collect();
+        let p: Vec<i32> = h.iter().map(|r| r.partition).collect();
+        let o: Vec<i64> = h.iter().map(|r| r.offset).collect();
+        tx.execute(
+            "INSERT INTO device_events (session_id, seq, kind, ts_ms, envelope, kafka_partition, kafka_offset, recorded_at)
+             SELECT s, q, k, ts, e, p, o, now()
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::int[], $7::bigint[])
+                  AS x(s, q, k, ts, e, p, o)
+             ON CONFLICT (session_id, seq) DO NOTHING",
+            &[&s, &q, &k, &ts, &env, &p, &o],
+        )
+        .await
+        .map_err(sql("write device event history"))?;
+    }
+    let trims = plan.history_trims(policy);
+    if !trims.is_empty() {
+        let s: Vec<Uuid> = trims.iter().map(|t| t.0).collect();
+        let q: Vec<i64> = trims.iter().map(|t| to_i64(t.1)).collect();
+        tx.execute(
+            "DELETE FROM device_events WHERE (session_id, seq) IN
+                 (SELECT e.session_id, e.seq FROM device_events e
+                  JOIN unnest($1::uuid[], $2::bigint[]) AS t(s, keep_after)
+                    ON e.session_id = t.s AND e.seq <= t.keep_after)",
+            &[&s, &q],
+        )
+        .await
+        .map_err(sql("trim device event history"))?;
+    }
+    Ok(())
+}
+
+async fn write_boxes(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError> {
+    for (rae_id, b) in &plan.boxes {
+        tx.execute(
+            "INSERT INTO boxes (rae_id, online, agent_version, started_ms, boot_count,
+                                last_birth_ms, last_will_ms, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+             ON CONFLICT (rae_id) DO UPDATE SET
+                 online = excluded.online,
+                 agent_version = COALESCE(excluded.agent_version, boxes.agent_version),
+                 started_ms = COALESCE(excluded.started_ms, boxes.started_ms),
+                 boot_count = COALESCE(excluded.boot_count, boxes.boot_count),
+                 last_birth_ms = COALESCE(excluded.last_birth_ms, boxes.last_birth_ms),
+                 last_will_ms = COALESCE(excluded.last_will_ms, boxes.last_will_ms),
+                 updated_at = excluded.updated_at",
+            &[
+                rae_id,
+                &b.last.online,
+                &b.last.agent_version,
+                &b.last.started_ms,
+                &b.last.boot_count,
+                &b.last_birth_ms,
+                &b.last_will_ms,
+            ],
+        )
+        .await
+        .map_err(sql("write box status"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! The registry's decisions for one batch: given the classified records of
+//! one partition (in offset order) and the stored state of the sessions
+//! they name, what to write, which resyncs to ask for and what to
+//! dead-letter. Pure; no I/O; tested without tokio.
+//!
+//! Invariants (docs/PROTOCOL.md §4):
+//! - idempotent by `(session_id, seq)`: a duplicate or old `seq` changes
+//!   nothing, so planning a redelivered batch against the state it produced
+//!   yields an empty write set;
+//! - `seq == last + 1` is applied; a gap is never applied: the session is
+//!   marked stale and at most one resync per `resync_min_interval_ms` is
+//!   asked for (the time of the last one is stored with the session);
+//! - a checkpoint with `seq >= last` (or for an unknown session) replaces
+//!   the attributes, sets `last = seq` and clears `stale`;
+//! - every applied envelope gets one history row; history beyond
+//!   `history_max` rows per session is trimmed.
+
+use super::classify::{Classified, DeadLetter, StatusMsg};
+use rae_protocol::{check_seq, AttrValue, Envelope, EventKind, SeqVerdict};
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+/// The stored state of one device session (`device_sessions` row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    pub rae_id: String,
+    pub device_id: String,
+    /// Last applied seq; 0 when nothing was applied (a session first seen
+    /// through a gap).
+    pub last_seq: u64,
+    pub stale: bool,
+    /// The gap that made the session stale: (expected, got).
+    pub stale_gap: Option<(u64, u64)>,
+    pub last_resync_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    pub end_reason: Option<String>,
+}
+
+/// Batch policy, from `[registry]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub resync_min_interval_ms: u64,
+    pub history_max: u64,
+}
+
+/// One record of the batch: its position and what it is.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub partition: i32,
+    pub offset: i64,
+    /// The raw value (history keeps the envelope bytes).
+    pub raw: Vec<u8>,
+    pub classified: Classified,
+}
+
+/// Attribute changes of one session, net of the whole batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttrDelta {
+    /// Delete every stored attribute of the session first (full record).
+    pub replace: bool,
+    /// name → new value and the seq that set it, or `None` = removed.
+    pub changes: BTreeMap<String, Option<(AttrValue, u64)>>,
+}
+
+/// One applied envelope for `device_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRow {
+    pub session_id: Uuid,
+    pub seq: u64,
+    pub kind: &'static str,
+    pub ts_ms: u64,
+    pub partition: i32,
+    pub offset: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// A resync to ask for (docs/PROTOCOL.md §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resync {
+    pub rae_id: String,
+    pub session_id: Uuid,
+}
+
+/// A record to dead-letter, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dead {
+    pub index: usize,
+    pub letter: DeadLetter,
+}
+
+/// Counts for metrics and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub gaps: u64,
+    pub resyncs: u64,
+    pub dead: u64,
+    pub skipped: u64,
+    pub status: u64,
+}
+
+/// Everything one batch writes and sends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Final state of every session the batch changed.
+    pub sessions: BTreeMap<Uuid, SessionState>,
+    pub attrs: BTreeMap<Uuid, AttrDelta>,
+    pub history: Vec<HistoryRow>,
+    /// (rae_id, device_id) → newest session seen in the batch.
+    pub devices: BTreeMap<(String, String), Uuid>,
+    /// Status messages, last one per box wins (they share a partition).
+    pub boxes: BTreeMap<String, BoxUpdate>,
+    pub resyncs: Vec<Resync>,
+    pub dead: Vec<Dead>,
+    pub counts: Counts,
+}
+
+/// The net status of one box in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxUpdate {
+    pub last: StatusMsg,
+    pub last_birth_ms: Option<i64>,
+    pub last_will_ms: Option<i64>,
+}
+
+impl Plan {
+    /// Whether the batch writes nothing at all.
+    pub fn writes_nothing(&self) -> bool {
+        self.sessions.is_empty()
+            && self.attrs.is_empty()
+            && self.history.is_empty()
+            && self.boxes.is_empty()
+    }
+
+    /// (session, keep rows with seq > this) for sessions whose history is
+    /// over the bound.
+    pub fn history_trims(&self, policy: &Policy) -> Vec<(Uuid, u64)> {
+        let mut touched: BTreeMap<Uuid, ()> = BTreeMap::new();
+        for h in &self.history {
+            touched.insert(h.session_id, ());
+        }
+        touched
+            .keys()
+            .filter_map(|sid| {
+                let last = self.sessions.get(sid)?.last_seq;
+                (last > policy.history_max).then(|| (*sid, last - policy.history_max))
+            })
+            .collect()
+    }
+}
+
+/// Session ids a batch needs loaded before [`plan_batch`].
+pub fn sessions_needed(items: &[Item]) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = items
+        .iter()
+        .filter_map(|i| match &i.classified {
+            Classified::Event(e) => Some(e.session_id),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Plans one batch. `loaded` holds the stored state of the sessions in
+/// [`sessions_needed`] (absent = unknown session).
+pub fn plan_batch(
+    items: &[Item],
+    loaded: &HashMap<Uuid, SessionState>,
+    now_ms: u64,
+    policy: &Policy,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut state: HashMap<Uuid, Option<SessionState>> = HashMap::new();
+    for (index, item) in items.iter().enumerate() {
+        match &item.classified {
+            Classified::Skip => plan.counts.skipped += 1,
+            Classified::Dead(letter) => {
+                plan.counts.dead += 1;
+                plan.dead.push(Dead {
+                    index,
+                    letter: letter.clone(),
+                });
+            }
+            Classified::Status(msg) => {
+                plan.counts.status += 1;
+                let prev = plan.boxes.remove(&msg.rae_id);
+                let (mut birth, mut will) = prev
+                    .map(|b| (b.last_birth_ms, b.last_will_ms))
+                    .unwrap_or((None, None));
+                if msg.online {
+                    birth = msg.ts_ms.or(Some(now_ms as i64));
+                } else {
+                    will = msg.ts_ms.or(Some(now_ms as i64));
+                }
+                plan.boxes.insert(
+                    msg.rae_id.clone(),
+                    BoxUpdate {
+                        last: msg.clone(),
+                        last_birth_ms: birth,
+                        last_will_ms: will,
+                    },
+                );
+            }
+            Classified::Event(env) => {
+                let slot = state
+                    .entry(env.session_id)
+                    .or_insert_with(|| loaded.get(&env.session_id).cloned());
+                apply_event(&mut plan, slot, env, item, now_ms, policy);
+            }
+        }
+    }
+    plan
+}
+
+fn new_session(env: &Envelope) -> SessionState {
+    SessionState {
+        rae_id: env.rae_id.clone(),
+        device_id: env.device_id.clone(),
+        last_seq: 0,
+        stale: false,
+        stale_gap: None,
+        last_resync_ms: None,
+        started_ms: None,
+        ended_ms: None,
+        end_reason: None,
+    }
+}
+
+fn apply_event(
+    plan: &mut Plan,
+    slot: &mut Option<SessionState>,
+    env: &Envelope,
+    item: &Item,
+    now_ms: u64,
+    policy: &Policy,
+) {
+    let last = slot.as_ref().map(|s| s.last_seq).filter(|&l| l > 0);
+    let is_checkpoint = matches!(env.kind, EventKind::Checkpoint { .. });
+    let apply = if is_checkpoint {
+        match slot {
+            None => true,
+            Some(s) => env.seq > s.last_seq || (env.seq == s.last_seq && s.stale),
+        }
+    } else {
+        match check_seq(last, env.seq) {
+            SeqVerdict::Next => true,
+            SeqVerdict::Duplicate => false,
+            SeqVerdict::Gap { expected, got } => {
+                plan.counts.gaps += 1;
+                let s = slot.get_or_insert_with(|| new_session(env));
+                s.stale = true;
+                s.stale_gap = Some((expected, got));
+                let due = s
+                    .last_resync_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= policy.resync_min_interval_ms);
+                if due {
+                    s.last_resync_ms = Some(now_ms);
+                    plan.counts.resyncs += 1;
+                    plan.resyncs.push(Resync {
+                        rae_id: env.rae_id.clone(),
+                        session_id: env.session_id,
+                    });
+                }
+                plan.sessions.insert(env.session_id, s.clone());
+                note_device(plan, env);
+                return;
+            }
+        }
+    };
+    if !apply {
+        plan.counts.duplicates += 1;
+        return;
+    }
+    plan.counts.applied += 1;
+    let s = slot.get_or_insert_with(|| new_session(env));
+    s.last_seq = env.seq;
+    let delta = plan.attrs.entry(env.session_id).or_default();
+    match &env.kind {
+        EventKind::Attached { attrs } | EventKind::Checkpoint { attrs } => {
+            if is_checkpoint {
+                s.stale = false;
+                s.stale_gap = None;
+            } else {
+                s.started_ms = Some(env.ts_ms);
+            }
+            delta.replace = true;
+            delta.changes = attrs
+                .iter()
+                .map(|(k, v)| (k.clone(), Some((v.clone(), env.seq))))
+                .collect();
+        }
+        EventKind::Changed { set, removed } => {
+            for name in removed {
+                delta.changes.insert(name.clone(), None);
+            }
+            for (k, v) in set {
+                delta.changes.insert(k.clone(), Some((v.clone(), env.seq)));
+            }
+        }
+        EventKind::Detached { reason } => {
+            s.ended_ms = Some(env.ts_ms);
+            s.end_reason = Some(reason.clone());
+        }
+    }
+    plan.sessions.insert(env.session_id, s.clone());
+    plan.history.push(HistoryRow {
+        session_id: env.session_id,
+        seq: env.seq,
+        kind: env.kind.name(),
+        ts_ms: env.ts_ms,
+        partition: item.partition,
+        offset: item.offset,
+        envelope: item.raw.clone(),
+    });
+    note_device(plan, env);
+}
+
+fn note_device(plan: &mut Plan, env: &Envelope) {
+    let entry = plan
+        .devices
+        .entry((env.rae_id.clone(), env.device_id.clone()))
+        .or_insert(env.session_id);
+    if env.session_id > *entry {
+        *entry = env.session_id;
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
