@@ -65,7 +65,7 @@ struct Current {
 /// The Kafka → MQTT task.
 #[allow(missing_debug_implementations)]
 pub struct Downlink {
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<super::kafka::QuietContext>,
     pub commands_topic: String,
     pub client: AsyncClient,
     pub eventloop: EventLoop,

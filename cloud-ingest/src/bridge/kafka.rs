@@ -11,7 +11,63 @@
 //!   after the command's PUBACK; auto-commit then commits stored offsets).
 
 use crate::config::KafkaSettings;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A repeated librdkafka error or log line is logged at most this often.
+const REPEAT_EVERY: Duration = Duration::from_secs(30);
+
+/// Logs librdkafka's errors and log lines through `log`, dropping a line
+/// identical to the previous one within [`REPEAT_EVERY`] (while Kafka is
+/// down librdkafka reports "all brokers down" many times a second).
+#[derive(Debug, Default)]
+pub struct QuietContext {
+    last: Mutex<Option<(String, Instant)>>,
+}
+
+impl QuietContext {
+    fn fresh(&self, line: &str) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let repeat = last
+            .as_ref()
+            .is_some_and(|(l, at)| l == line && at.elapsed() < REPEAT_EVERY);
+        if !repeat {
+            *last = Some((line.to_string(), Instant::now()));
+        }
+        !repeat
+    }
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let line = format!("librdkafka {fac}: {message}");
+        if !self.fresh(&line) {
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => log::error!("{line}"),
+            RDKafkaLogLevel::Warning => log::warn!("{line}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => log::info!("{line}"),
+            RDKafkaLogLevel::Debug => log::debug!("{line}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let line = format!("Kafka client error: {error}: {reason}");
+        if self.fresh(&line) {
+            log::warn!("{line}");
+        }
+    }
+}
+
+impl ConsumerContext for QuietContext {}
 
 /// Producer defaults an operator may override in `[kafka.properties]`.
 /// `message.timeout.ms` is finite so that an outage shows up as delivery

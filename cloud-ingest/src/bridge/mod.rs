@@ -105,12 +105,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let k = &settings.kafka;
     let producer_properties = kafka::producer_properties(k);
-    let producer: FutureProducer = kafka::client_config(&producer_properties)
-        .create()
+    let producer: FutureProducer<kafka::QuietContext> = kafka::client_config(&producer_properties)
+        .create_with_context(kafka::QuietContext::default())
         .context("creating the Kafka producer (check [kafka.properties])")?;
-    let consumer: StreamConsumer = kafka::client_config(&kafka::consumer_properties(k))
-        .create()
-        .context("creating the Kafka command consumer (check [kafka.properties])")?;
+    let consumer: StreamConsumer<kafka::QuietContext> =
+        kafka::client_config(&kafka::consumer_properties(k))
+            .create_with_context(kafka::QuietContext::default())
+            .context("creating the Kafka command consumer (check [kafka.properties])")?;
 
     let m = &settings.mqtt;
     let max_in_flight = usize::from(m.max_in_flight);

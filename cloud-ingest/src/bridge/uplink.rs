@@ -8,7 +8,7 @@
 //! DISCONNECT, return.
 
 use super::inflight::{Admit, InFlight};
-use super::kafka;
+use super::kafka::{self, QuietContext};
 use super::mqtt::{self, MqttEvent};
 use super::record::{self, Destination, Meta, Route};
 use super::BridgeMetrics;
@@ -35,7 +35,7 @@ type Report = (u64, u32, Result<(), String>);
 pub struct Uplink {
     pub client: AsyncClient,
     pub events: mpsc::Receiver<MqttEvent>,
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<QuietContext>,
     pub producer_properties: Vec<(String, String)>,
     pub events_topic: String,
     pub status_topic: String,
@@ -236,7 +236,9 @@ impl Uplink {
             log::error!(
                 "uplink: the Kafka producer hit a fatal error ({code:?}: {reason}); replacing it"
             );
-            match kafka::client_config(&self.producer_properties).create::<FutureProducer>() {
+            match kafka::client_config(&self.producer_properties)
+                .create_with_context::<_, FutureProducer<QuietContext>>(QuietContext::default())
+            {
                 Ok(p) => {
                     self.producer = p;
                     run.inflight.fail_all(now + super::inflight::RETRY_FIRST_MS);
