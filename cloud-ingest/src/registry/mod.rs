@@ -1,17 +1,149 @@
 //! The Cloud Registry: Kafka → database.
 //!
 //! - [`classify`] and [`plan`]: the pure core (what a record is, what a
-//!   batch writes and sends);
-//! - `consumer`/`worker`: the I/O shell (rdkafka consumer group, one ordered
-//!   pipeline per partition, one database transaction per batch, offsets
-//!   stored and committed only after the transaction commits).
+//!   batch writes and sends); no I/O, tested without tokio;
+//! - [`kafka`]: client configs and the records the registry produces;
+//! - [`worker`]: one ordered pipeline per partition, one database
+//!   transaction per batch, offsets stored and committed only after it;
+//! - [`dispatch`]: the consumer group member that feeds the workers,
+//!   pauses partitions whose worker is behind (database down) and handles
+//!   rebalances.
 
 pub mod classify;
+pub mod dispatch;
+pub mod kafka;
 pub mod plan;
+pub mod worker;
 
 use crate::config::Settings;
+use crate::metrics::{self, Metrics, Value};
+use anyhow::Context as _;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long SIGTERM waits for the batches in flight.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The registry's metrics.
+#[derive(Debug, Clone)]
+pub struct RegistryMetrics {
+    pub registry: Metrics,
+    pub records_in: Value,
+    pub batches: Value,
+    pub batch_records: Value,
+    pub last_batch_size: Value,
+    pub last_batch_latency_ms: Value,
+    pub batch_latency_ms_total: Value,
+    pub applied: Value,
+    pub duplicates: Value,
+    pub gaps: Value,
+    pub resyncs: Value,
+    pub dlq: Value,
+    pub status: Value,
+    pub db_errors: Value,
+    pub db_conflicts: Value,
+    pub paused: Value,
+    pub paused_partitions: Value,
+}
+
+impl RegistryMetrics {
+    pub fn new(m: &Metrics) -> RegistryMetrics {
+        RegistryMetrics {
+            registry: m.clone(),
+            records_in: m.counter("rae_registry_records_in_total", "Kafka records received."),
+            batches: m.counter("rae_registry_batches_total", "Batches committed."),
+            batch_records: m.counter(
+                "rae_registry_batch_records_total",
+                "Records in committed batches.",
+            ),
+            last_batch_size: m.gauge("rae_registry_batch_size", "Records in the last batch."),
+            last_batch_latency_ms: m.gauge(
+                "rae_registry_batch_latency_ms",
+                "Milliseconds from the first attempt to the commit of the last batch.",
+            ),
+            batch_latency_ms_total: m.counter(
+                "rae_registry_batch_latency_ms_total",
+                "Sum of batch latencies (divide by rae_registry_batches_total).",
+            ),
+            applied: m.counter("rae_registry_events_applied_total", "Envelopes applied."),
+            duplicates: m.counter(
+                "rae_registry_events_duplicate_total",
+                "Envelopes skipped as duplicates.",
+            ),
+            gaps: m.counter("rae_registry_gaps_total", "Envelopes that showed a gap."),
+            resyncs: m.counter("rae_registry_resyncs_total", "Resync commands produced."),
+            dlq: m.counter(
+                "rae_registry_dlq_total",
+                "Records sent to the dead-letter topic.",
+            ),
+            status: m.counter("rae_registry_status_total", "Box status messages applied."),
+            db_errors: m.counter(
+                "rae_registry_db_errors_total",
+                "Failed batch attempts (database or Kafka produce errors).",
+            ),
+            db_conflicts: m.counter(
+                "rae_registry_db_conflicts_total",
+                "Batch attempts failed by serialization failure or deadlock.",
+            ),
+            paused: m.gauge(
+                "rae_registry_retrying",
+                "1 while some batch is being retried (database down).",
+            ),
+            paused_partitions: m.gauge(
+                "rae_registry_paused_partitions",
+                "Partitions paused because their pipeline is full.",
+            ),
+        }
+    }
+
+    /// `rae_registry_consumer_lag{partition="topic/N"}`.
+    pub fn lag(&self, topic: &str, partition: i32) -> Value {
+        self.registry.labelled_gauge(
+            "rae_registry_consumer_lag",
+            "Records behind the high watermark, per partition.",
+            "partition",
+            &format!("{topic}/{partition}"),
+        )
+    }
+}
 
 /// Runs the registry until SIGTERM/SIGINT.
-pub async fn run(_settings: Settings) -> anyhow::Result<()> {
-    anyhow::bail!("`registry` is not built yet")
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(addr) = settings.metrics.registry_listen {
+        let listener = metrics::bind(addr).await?;
+        log::info!("serving /metrics on {}", listener.local_addr()?);
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let dispatcher = dispatch::Dispatcher::build(&settings, RegistryMetrics::new(&metrics))
+        .context("cannot start the Kafka clients")?;
+    let signal = tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = shutdown_tx.send(true);
+    });
+    let result = dispatcher.run(shutdown_rx).await;
+    signal.abort();
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => log::info!("SIGTERM: finishing the batches in flight"),
+                _ = int.recv() => log::info!("SIGINT: finishing the batches in flight"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -49,6 +49,8 @@ pub struct Policy {
 pub struct Item {
     pub partition: i32,
     pub offset: i64,
+    /// The record key (dead letters keep it).
+    pub key: Option<Vec<u8>>,
     /// The raw value (history keeps the envelope bytes).
     pub raw: Vec<u8>,
     pub classified: Classified,

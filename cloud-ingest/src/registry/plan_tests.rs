@@ -70,6 +70,7 @@ fn item(offset: i64, e: &Envelope) -> Item {
     Item {
         partition: 0,
         offset,
+        key: Some(key.clone().into_bytes()),
         classified: classify(Source::Events, Some(key.as_bytes()), Some(&raw)),
         raw,
     }
@@ -263,6 +264,7 @@ fn dead_letters_and_skips_keep_their_batch_position() {
     batch.push(Item {
         partition: 0,
         offset: 1,
+        key: None,
         raw: b"garbage".to_vec(),
         classified: classify(
             Source::Events,
@@ -273,6 +275,7 @@ fn dead_letters_and_skips_keep_their_batch_position() {
     batch.push(Item {
         partition: 0,
         offset: 2,
+        key: None,
         raw: vec![],
         classified: classify(Source::Events, None, Some(b"")),
     });
@@ -320,6 +323,7 @@ fn status_messages_fold_into_the_last_state_per_box() {
         .map(|(i, c)| Item {
             partition: 0,
             offset: i as i64,
+            key: None,
             raw: vec![],
             classified: c,
         })

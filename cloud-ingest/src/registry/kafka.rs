@@ -1,0 +1,182 @@
+//! librdkafka configuration of the registry's consumer and producer, and
+//! the records it produces (DLQ, resync commands; docs/PROTOCOL.md §6).
+//!
+//! `[kafka.properties]` is applied after the defaults (an operator may
+//! override them) and before the settings the registry's guarantees rest
+//! on, which cannot be overridden: consumer `enable.auto.commit=false`,
+//! `enable.auto.offset.store=false`; producer `acks=all`,
+//! `enable.idempotence=true`.
+
+use crate::config::KafkaSettings;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+
+const CONSUMER_DEFAULTS: [(&str, &str); 6] = [
+    // Consumer lag per partition for /metrics comes from the statistics.
+    ("statistics.interval.ms", "5000"),
+    ("auto.offset.reset", "earliest"),
+    // Bounded prefetch: librdkafka's default queue (64 MiB per partition)
+    // would dominate the registry's memory during a burst.
+    ("queued.max.messages.kbytes", "4096"),
+    ("queued.min.messages", "2000"),
+    ("fetch.max.bytes", "4194304"),
+    ("log_level", "4"),
+];
+const CONSUMER_FIXED: [(&str, &str); 2] = [
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+];
+const PRODUCER_DEFAULTS: [(&str, &str); 3] = [
+    ("message.timeout.ms", "30000"),
+    ("linger.ms", "5"),
+    ("log_level", "4"),
+];
+const PRODUCER_FIXED: [(&str, &str); 2] = [("acks", "all"), ("enable.idempotence", "true")];
+/// Left out of the consumer's list (librdkafka warns about them there).
+const PRODUCER_ONLY: [&str; 5] = [
+    "acks",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "linger.ms",
+    "compression.type",
+];
+const CONSUMER_ONLY: [&str; 6] = [
+    "auto.offset.reset",
+    "queued.max.messages.kbytes",
+    "queued.min.messages",
+    "fetch.max.bytes",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+];
+
+fn build(
+    kafka: &KafkaSettings,
+    first: &[(&str, &str)],
+    defaults: &[(&str, &str)],
+    skip: &[&str],
+    fixed: &[(&str, &str)],
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in first.iter().chain(defaults) {
+        c.set(*k, *v);
+    }
+    for (k, v) in &kafka.properties {
+        if !skip.contains(&k.as_str()) {
+            c.set(k, v);
+        }
+    }
+    for (k, v) in fixed {
+        c.set(*k, *v);
+    }
+    c
+}
+
+/// The registry consumer's config (group `kafka.registry_group`).
+pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
+    build(
+        kafka,
+        &[("group.id", kafka.registry_group.as_str())],
+        &CONSUMER_DEFAULTS,
+        &PRODUCER_ONLY,
+        &CONSUMER_FIXED,
+    )
+}
+
+/// The DLQ / command producer's config.
+pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
+    build(
+        kafka,
+        &[],
+        &PRODUCER_DEFAULTS,
+        &CONSUMER_ONLY,
+        &PRODUCER_FIXED,
+    )
+}
+
+/// The value of a `resync` command for one session: `{"session_id": "<uuid>"}`.
+pub fn resync_payload(session_id: &uuid::Uuid) -> Vec<u8> {
+    let map = ciborium::Value::Map(vec![(
+        ciborium::Value::Text("session_id".into()),
+        ciborium::Value::Text(session_id.hyphenated().to_string()),
+    )]);
+    let mut out = Vec::with_capacity(64);
+    // Writing a Value into a Vec cannot fail.
+    let _ = ciborium::into_writer(&map, &mut out);
+    out
+}
+
+/// Headers of a command record.
+pub fn command_headers(name: &str) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(1).insert(Header {
+        key: "command",
+        value: Some(name.as_bytes()),
+    })
+}
+
+/// Headers of a dead letter.
+pub fn dlq_headers(
+    reason: &str,
+    kind: &str,
+    source_topic: &str,
+    partition: i32,
+    offset: i64,
+) -> OwnedHeaders {
+    let partition = partition.to_string();
+    let offset = offset.to_string();
+    let pairs: [(&str, &[u8]); 5] = [
+        ("error", reason.as_bytes()),
+        ("error_kind", kind.as_bytes()),
+        ("source_topic", source_topic.as_bytes()),
+        ("source_partition", partition.as_bytes()),
+        ("source_offset", offset.as_bytes()),
+    ];
+    let mut h = OwnedHeaders::new_with_capacity(pairs.len());
+    for (key, value) in pairs {
+        h = h.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::parse;
+    use std::path::Path;
+
+    #[test]
+    fn guarantees_cannot_be_overridden_by_properties() {
+        let s = parse(
+            "[kafka.properties]\n\"enable.auto.commit\" = \"true\"\n\"acks\" = \"1\"\n\"client.id\" = \"x\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = consumer_config(&s.kafka);
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("rae-registry"));
+        assert_eq!(c.get("client.id"), Some("x"));
+        assert_eq!(c.get("acks"), None);
+        let p = producer_config(&s.kafka);
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("enable.auto.commit"), None);
+    }
+
+    #[test]
+    fn a_resync_payload_is_the_documented_cbor_map() {
+        let sid = uuid::Uuid::from_u128(0x0190_b2c4_5e6f_7a8b_9c0d_1e2f_3a4b_5c6d);
+        let v: ciborium::Value = ciborium::from_reader(resync_payload(&sid).as_slice()).unwrap();
+        assert_eq!(
+            v,
+            ciborium::Value::Map(vec![(
+                ciborium::Value::Text("session_id".into()),
+                ciborium::Value::Text("0190b2c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d".into())
+            )])
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! One ordered pipeline per assigned partition: collect a batch (up to
+//! `batch_max_records` or `batch_max_wait_ms` after its first record),
+//! apply it in ONE database transaction, then store and commit the offset.
+//!
+//! Invariants:
+//! - the offset of a batch is stored/committed only after its transaction
+//!   committed, and after its dead letters and resync commands were
+//!   confirmed by Kafka (they are produced inside the transaction, before
+//!   COMMIT: a failed commit repeats them, never loses them);
+//! - a database failure stops this pipeline (it reads nothing more, the
+//!   dispatcher pauses the partition once the channel is full) and the
+//!   batch is retried with capped exponential backoff; serialization
+//!   failures (40001) and deadlocks are retried the same way;
+//! - on revoke the batch in flight is abandoned at the next retry point
+//!   (nothing of it was committed; the new owner redelivers it); on
+//!   shutdown it is finished (retried until the shutdown deadline).
+
+use super::classify::{classify, Source};
+use super::dispatch::RegistryContext;
+use super::kafka::{command_headers, dlq_headers, resync_payload};
+use super::plan::{plan_batch, sessions_needed, Item, Plan, Policy};
+use super::RegistryMetrics;
+use crate::db::{self, write, DbError};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Why a worker should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Running,
+    /// The partition was revoked: abandon, do not commit.
+    Revoked,
+    /// SIGTERM: finish the batch, commit, exit.
+    Shutdown,
+}
+
+/// What a worker needs besides its records.
+#[derive(Clone)]
+pub struct Shared {
+    pub consumer: Arc<StreamConsumer<RegistryContext>>,
+    pub producer: FutureProducer,
+    pub db_url: String,
+    pub dlq_topic: String,
+    pub commands_topic: String,
+    pub status_topic: String,
+    pub policy: Policy,
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+    pub retry_max_backoff: Duration,
+    pub metrics: RegistryMetrics,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pipeline of one partition.
+#[derive(Debug)]
+pub struct Worker {
+    pub topic: String,
+    pub partition: i32,
+    pub rx: mpsc::Receiver<OwnedMessage>,
+    pub stop: watch::Receiver<Stop>,
+    pub shared: Shared,
+    pub client: Option<tokio_postgres::Client>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot produce to Kafka topic {topic}: {source}")]
+    Produce {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Worker {
+    fn stop_state(&self) -> Stop {
+        *self.stop.borrow()
+    }
+
+    /// Runs until revoked or shut down.
+    pub async fn run(mut self) {
+        let source = if self.topic == self.shared.status_topic {
+            Source::Status
+        } else {
+            Source::Events
+        };
+        loop {
+            let first = tokio::select! {
+                m = self.rx.recv() => match m { Some(m) => m, None => return },
+                _ = self.stop.changed() => return,
+            };
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.shared.batch_max_wait;
+            let mut stopping = false;
+            while batch.len() < self.shared.batch_max_records {
+                tokio::select! {
+                    biased;
+                    m = self.rx.recv() => match m {
+                        Some(m) => batch.push(m),
+                        None => { stopping = true; break }
+                    },
+                    _ = self.stop.changed() => { stopping = true; break }
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            if self.stop_state() == Stop::Revoked {
+                return;
+            }
+            let items: Vec<Item> = batch
+                .iter()
+                .map(|m| Item {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    raw: m.payload().unwrap_or_default().to_vec(),
+                    classified: classify(source, m.key(), m.payload()),
+                })
+                .collect();
+            drop(batch);
+            if !self.apply_with_retry(&items).await {
+                return;
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Applies one batch until it commits (true) or the partition is
+    /// revoked (false).
+    async fn apply_with_retry(&mut self, items: &[Item]) -> bool {
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        loop {
+            if self.stop_state() == Stop::Revoked {
+                log::info!(
+                    "{}[{}]: partition revoked; batch of {} left to the next owner",
+                    self.topic,
+                    self.partition,
+                    items.len()
+                );
+                return false;
+            }
+            attempt += 1;
+            match self.apply_once(items).await {
+                Ok(plan) => {
+                    self.after_commit(items, &plan, started.elapsed());
+                    return true;
+                }
+                Err(e) => {
+                    let conflict = matches!(&e, BatchError::Db(d) if d.is_conflict());
+                    if conflict {
+                        self.shared.metrics.db_conflicts.inc();
+                    } else {
+                        self.shared.metrics.db_errors.inc();
+                    }
+                    if self.client.as_ref().is_some_and(|c| c.is_closed())
+                        || matches!(&e, BatchError::Db(DbError::Connect(_)))
+                    {
+                        self.client = None;
+                    }
+                    let level = if attempt == 1 || attempt.is_multiple_of(10) {
+                        log::Level::Warn
+                    } else {
+                        log::Level::Debug
+                    };
+                    log::log!(
+                        level,
+                        "{}[{}]: batch of {} not applied (attempt {attempt}), retrying in {:?}: {e}",
+                        self.topic,
+                        self.partition,
+                        items.len(),
+                        backoff
+                    );
+                    self.shared.metrics.paused.set(1);
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(self.shared.retry_max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn apply_once(&mut self, items: &[Item]) -> Result<Plan, BatchError> {
+        if self.client.is_none() {
+            let client = db::connect(&self.shared.db_url).await?;
+            db::migrate::check_version(&client).await?;
+            self.client = Some(client);
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Err(BatchError::Db(DbError::SchemaTooOld {
+                found: 0,
+                needed: 0,
+            }));
+        };
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db::sql("begin a transaction"))?;
+        let loaded = write::load_sessions(&tx, &sessions_needed(items)).await?;
+        let plan = plan_batch(items, &loaded, now_ms(), &self.shared.policy);
+        write::write_plan(&tx, &plan, &self.shared.policy).await?;
+        produce_side_records(&self.shared, &self.topic, items, &plan).await?;
+        tx.commit()
+            .await
+            .map_err(db::sql("commit the batch transaction"))?;
+        Ok(plan)
+    }
+
+    fn after_commit(&self, items: &[Item], plan: &Plan, took: Duration) {
+        let m = &self.shared.metrics;
+        m.paused.set(0);
+        m.batches.inc();
+        m.batch_records.add(items.len() as i64);
+        m.last_batch_size.set(items.len() as i64);
+        m.last_batch_latency_ms.set(took.as_millis() as i64);
+        m.batch_latency_ms_total.add(took.as_millis() as i64);
+        m.applied.add(plan.counts.applied as i64);
+        m.duplicates.add(plan.counts.duplicates as i64);
+        m.gaps.add(plan.counts.gaps as i64);
+        m.resyncs.add(plan.counts.resyncs as i64);
+        m.dlq.add(plan.counts.dead as i64);
+        m.status.add(plan.counts.status as i64);
+        let Some(last) = items.last() else { return };
+        let consumer = &self.shared.consumer;
+        if let Err(e) = consumer.store_offset(&self.topic, self.partition, last.offset) {
+            log::debug!(
+                "{}[{}]: offset {} not stored (partition no longer assigned?): {e}",
+                self.topic,
+                self.partition,
+                last.offset
+            );
+            return;
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+            log::warn!("offset commit not sent: {e}");
+        }
+        log::debug!(
+            "{}[{}]: batch of {} up to offset {} committed ({:?})",
+            self.topic,
+            self.partition,
+            items.len(),
+            last.offset,
+            plan.counts
+        );
+    }
+}
+
+/// Produces the batch's dead letters and resync commands and waits for
+/// Kafka to confirm every one.
+async fn produce_side_records(
+    shared: &Shared,
+    source_topic: &str,
+    items: &[Item],
+    plan: &Plan,
+) -> Result<(), BatchError> {
+    let mut pending = Vec::new();
+    for d in &plan.dead {
+        let item = &items[d.index];
+        let headers = dlq_headers(
+            &d.letter.reason,
+            d.letter.kind.as_str(),
+            source_topic,
+            item.partition,
+            item.offset,
+        );
+        log::warn!(
+            "{source_topic}[{}] offset {}: dead letter ({}): {}",
+            item.partition,
+            item.offset,
+            d.letter.kind.as_str(),
+            d.letter.reason
+        );
+        let mut record = FutureRecord::to(&shared.dlq_topic)
+            .payload(item.raw.as_slice())
+            .headers(headers);
+        if let Some(key) = &item.key {
+            record = record.key(key.as_slice());
+        }
+        let sent = shared.producer.send_result(record).map_err(|(e, _)| e);
+        pending.push((shared.dlq_topic.as_str(), sent));
+    }
+    for r in &plan.resyncs {
+        log::info!(
+            "session {} of {} has a gap: resync requested",
+            r.session_id,
+            r.rae_id
+        );
+        let payload = resync_payload(&r.session_id);
+        let record = FutureRecord::to(&shared.commands_topic)
+            .payload(payload.as_slice())
+            .key(r.rae_id.as_bytes())
+            .headers(command_headers("resync"));
+        let sent = shared.producer.send_result(record).map_err(|(e, _)| e);
+        pending.push((shared.commands_topic.as_str(), sent));
+    }
+    for (topic, sent) in pending {
+        let produce_err = |source| BatchError::Produce {
+            topic: topic.to_string(),
+            source,
+        };
+        let future = sent.map_err(produce_err)?;
+        match future.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(produce_err(e)),
+            Err(_) => return Err(produce_err(rdkafka::error::KafkaError::Canceled)),
+        }
+    }
+    Ok(())
+}
