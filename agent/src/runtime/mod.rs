@@ -3,12 +3,19 @@
 //! task into one tracked set. [`Agent::shutdown`] broadcasts the stop and
 //! drains the tasks with a deadline.
 //!
-//! Tasks: the registry task (owns registry + journal) and one task per
-//! enabled probe.
+//! Tasks: the registry task (owns registry + journal), the uplink, and one
+//! task per enabled probe.
+//!
+//! Under systemd ([`notify`]): `READY=1` once the journal is open and every
+//! task is spawned, `WATCHDOG=1` from the main loop at half the watchdog
+//! timeout but only while every supervised task beats ([`watchdog`]),
+//! `STOPPING=1` when shutdown begins.
 
 pub mod clock;
 pub mod lock;
+pub mod notify;
 pub mod registry_task;
+pub mod watchdog;
 
 use crate::config::Settings;
 use crate::journal::{Journal, JournalOptions, Opened};
@@ -22,13 +29,17 @@ use crate::uplink::messages::BirthInfo;
 use crate::uplink::Uplink;
 use anyhow::Context;
 use clock::Clock;
-use log::{info, warn};
+use log::{error, info, warn};
+use notify::{Message, Notifier};
 use registry_task::{RegistryTask, Retention};
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use watchdog::Liveness;
 
 /// Capacity of the probe → registry channel.
 pub const PROBE_CHANNEL_CAPACITY: usize = 256;
@@ -58,6 +69,47 @@ pub fn open_journal(settings: &Settings) -> Result<Opened, crate::journal::Journ
 
 /// Spawns the tasks. Must be called inside a tokio runtime.
 pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
+    build_supervised(settings, opened, None)
+}
+
+/// Which tasks the watchdog supervises, and the test-only wedge hook.
+#[derive(Debug, Clone)]
+pub struct Supervision {
+    pub liveness: Arc<Liveness>,
+    /// `$RAE_TEST_WEDGE_REGISTRY_WHEN` (see [`watchdog`]).
+    pub wedge_registry_when: Option<PathBuf>,
+}
+
+/// Spawns `task`, wrapped in the watchdog's [`watchdog::Watched`] when
+/// supervised.
+fn spawn_task<F>(
+    tasks: &mut JoinSet<()>,
+    supervision: Option<&Supervision>,
+    name: &'static str,
+    task: F,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match supervision {
+        Some(s) => {
+            let wedge = (name == "registry")
+                .then(|| s.wedge_registry_when.clone())
+                .flatten();
+            tasks.spawn(s.liveness.watch(name, task).wedge_when(wedge));
+        }
+        None => {
+            tasks.spawn(task);
+        }
+    }
+}
+
+/// [`build`], with the async tasks supervised by `supervision`'s liveness.
+pub fn build_supervised(
+    settings: &Settings,
+    opened: Opened,
+    supervision: Option<Supervision>,
+) -> anyhow::Result<Agent> {
+    let sup = supervision.as_ref();
     let clock = Clock::new();
     let snapshot = opened
         .journal
@@ -89,7 +141,10 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
         boot_count: status.boot_count,
     };
     let mut tasks = JoinSet::new();
-    tasks.spawn(
+    spawn_task(
+        &mut tasks,
+        sup,
+        "registry",
         RegistryTask {
             registry,
             journal: opened.journal,
@@ -114,7 +169,10 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
     );
     match uplink_status {
         Some(status) => {
-            tasks.spawn(
+            spawn_task(
+                &mut tasks,
+                sup,
+                "uplink",
                 Uplink {
                     settings: settings.mqtt.clone(),
                     rae_id: settings.rae_id.clone(),
@@ -141,7 +199,10 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
         info!("udev probe disabled in config");
     }
     if settings.serial.enabled() {
-        tasks.spawn(
+        spawn_task(
+            &mut tasks,
+            sup,
+            "serial probe",
             SerialProbe {
                 settings: settings.serial.clone(),
                 tx: probe_tx.clone(),
@@ -151,7 +212,10 @@ pub fn build(settings: &Settings, opened: Opened) -> anyhow::Result<Agent> {
         );
     }
     if settings.adb.enabled() {
-        tasks.spawn(
+        spawn_task(
+            &mut tasks,
+            sup,
+            "adb probe",
             AdbProbe {
                 settings: settings.adb.clone(),
                 tx: probe_tx.clone(),
@@ -195,8 +259,13 @@ impl Agent {
     }
 }
 
-/// `rae-agent run`: open, build, wait for SIGTERM/SIGINT, drain.
+/// `rae-agent run`: open, build, tell systemd we are ready, pet its watchdog
+/// while the tasks are healthy, wait for SIGTERM/SIGINT, drain.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        warn!("not notifying systemd: {e}");
+        Notifier::disabled()
+    });
     let _lock = lock::acquire(&settings.state_dir)?;
     let opened = open_journal(&settings)
         .with_context(|| format!("opening journal {}", settings.journal_path().display()))?;
@@ -207,17 +276,101 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.journal_path().display(),
         opened.boot_count
     );
-    let mut agent = build(&settings, opened)?;
+    let supervision = notifier.watchdog().map(|timeout| {
+        let wedge_registry_when = std::env::var_os(watchdog::WEDGE_REGISTRY_ENV).map(PathBuf::from);
+        if let Some(path) = &wedge_registry_when {
+            warn!(
+                "test hook {} is set: the registry task will block once {} exists",
+                watchdog::WEDGE_REGISTRY_ENV,
+                path.display()
+            );
+        }
+        Supervision {
+            liveness: Liveness::new(Liveness::tick_for(timeout)),
+            wedge_registry_when,
+        }
+    });
+    let liveness = supervision.as_ref().map(|s| s.liveness.clone());
+    let mut agent = build_supervised(&settings, opened, supervision)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, stopping"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received, stopping"),
-        _ = agent.wait_any() => warn!("a task ended unexpectedly, stopping"),
+    notify(
+        &notifier,
+        &Message::Ready {
+            status: format!("running as {}", settings.rae_id),
+        },
+    );
+    let mut pet = WatchdogPet::new(notifier.watchdog(), liveness);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received, stopping"); break }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT received, stopping"); break }
+            _ = agent.wait_any() => { warn!("a task ended unexpectedly, stopping"); break }
+            _ = pet.tick() => pet.check(&notifier),
+        }
     }
+    notify(&notifier, &Message::Stopping);
     agent.shutdown(SHUTDOWN_DEADLINE).await;
     info!("rae-agent stopped");
     Ok(())
+}
+
+/// Sends `message`, logging (not failing) when systemd cannot be told.
+fn notify(notifier: &Notifier, message: &Message) {
+    if let Err(e) = notifier.send(message) {
+        warn!("{e}");
+    }
+}
+
+/// The main loop's side of the watchdog: at half the timeout, `WATCHDOG=1`
+/// if no supervised task is stalled for longer than the timeout.
+struct WatchdogPet {
+    timer: Option<tokio::time::Interval>,
+    limit: Duration,
+    liveness: Option<Arc<Liveness>>,
+    stalled: bool,
+}
+
+impl WatchdogPet {
+    fn new(timeout: Option<Duration>, liveness: Option<Arc<Liveness>>) -> Self {
+        let timer = timeout.map(|t| {
+            let mut i = tokio::time::interval(t / 2);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        WatchdogPet {
+            timer,
+            limit: timeout.unwrap_or_default(),
+            liveness,
+            stalled: false,
+        }
+    }
+
+    /// Resolves at the next pet time; never without a watchdog.
+    async fn tick(&mut self) {
+        match &mut self.timer {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn check(&mut self, notifier: &Notifier) {
+        let ages = self.liveness.as_ref().map(|l| l.ages()).unwrap_or_default();
+        let stalled = watchdog::stalled(&ages, self.limit);
+        if stalled.is_empty() {
+            if std::mem::take(&mut self.stalled) {
+                info!("every task makes progress again; petting the systemd watchdog");
+                notify(notifier, &Message::Status("running".into()));
+            }
+            notify(notifier, &Message::Watchdog);
+        } else if !std::mem::replace(&mut self.stalled, true) {
+            let what = watchdog::describe(&stalled);
+            error!("{what}; no longer petting the systemd watchdog, which will restart the agent");
+            notify(notifier, &Message::Status(what));
+        }
+    }
 }
 
 #[cfg(test)]
