@@ -14,5 +14,6 @@ pub mod agent;
 pub mod fake_adb;
 pub mod mosquitto;
 pub mod mqtt_sub;
+pub mod postgres;
 pub mod tls_certs;
 pub mod umockdev;

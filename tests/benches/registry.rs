@@ -1,0 +1,2 @@
+//! Registry benchmarks (being written).
+fn main() {}
