@@ -56,6 +56,9 @@ pub struct UplinkStatus {
     pub last_puback_ms: Option<u64>,
     /// Events acknowledged by the broker since start.
     pub published: u64,
+    /// Payload bytes of those events.
+    #[serde(default)]
+    pub published_bytes: u64,
     /// Checkpoint events acknowledged since start.
     pub checkpoints: u64,
     /// Unknown or malformed commands ignored since start.

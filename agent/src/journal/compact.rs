@@ -3,6 +3,7 @@
 //! target as a `checkpoint` whose attributes are rebuilt by replaying the
 //! session from its newest `attached`/`checkpoint` at or before the target.
 
+use super::backlog::Size;
 use super::compaction::{self, Bounds, Entry, Plan};
 use super::{codec, Journal, JournalError};
 use crate::registry::diff::apply_diff;
@@ -20,14 +21,23 @@ pub struct CompactionReport {
 }
 
 impl Journal {
-    /// Compacts the unpublished backlog if it exceeds `bounds`.
-    pub fn compact(&mut self, bounds: Bounds) -> Result<CompactionReport, JournalError> {
+    /// The exact size of the unpublished backlog (reads every unpublished row).
+    pub fn backlog_size(&self) -> Result<Size, JournalError> {
         let (count, bytes): (i64, i64) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(length(payload)), 0) FROM events WHERE published = 0",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        if (count as u64) <= bounds.max_events && (bytes as u64) <= bounds.max_bytes {
+        Ok(Size {
+            events: u64::try_from(count).unwrap_or(0),
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        })
+    }
+
+    /// Compacts the unpublished backlog if it exceeds `bounds`.
+    pub fn compact(&mut self, bounds: Bounds) -> Result<CompactionReport, JournalError> {
+        let size = self.backlog_size()?;
+        if size.events <= bounds.max_events && size.bytes <= bounds.max_bytes {
             return Ok(CompactionReport::default());
         }
         let entries = unpublished(&self.conn)?;

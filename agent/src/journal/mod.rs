@@ -11,6 +11,7 @@
 //!
 //! Only the daemon writes ([`Journal`]); the CLI reads ([`read::JournalReader`]).
 
+pub mod backlog;
 mod codec;
 mod compact;
 pub mod compaction;
@@ -105,6 +106,8 @@ pub struct Journal {
     rae_id: String,
     fault: FaultHandle,
     applied_page_limit: u64,
+    /// Events and payload bytes committed since open (see [`backlog`]).
+    journaled: backlog::Size,
 }
 
 /// Fault injection for tests: limits the database to a number of pages, so
@@ -175,6 +178,7 @@ impl Journal {
                 rae_id: opts.rae_id.clone(),
                 fault: FaultHandle::default(),
                 applied_page_limit: 0,
+                journaled: backlog::Size::default(),
             },
             moved_aside,
             boot_count,
@@ -202,11 +206,14 @@ impl Journal {
         }
         self.apply_fault()?;
         let tx = self.conn.transaction()?;
+        let mut added = backlog::Size::default();
         for change in &t.changes {
             for ev in &change.events {
                 let payload = envelope(&self.rae_id, ev)
                     .encode()
                     .map_err(|e| JournalError::Codec(e.to_string()))?;
+                added.events += 1;
+                added.bytes += payload.len() as u64;
                 let seq = codec::to_sql_int(ev.seq)?;
                 let ts = codec::to_sql_int(ev.ts_ms)?;
                 let sid = ev.session_id.to_string();
@@ -274,7 +281,14 @@ impl Journal {
             }
         }
         tx.commit()?;
+        self.journaled.events += added.events;
+        self.journaled.bytes += added.bytes;
         Ok(())
+    }
+
+    /// Events and payload bytes committed since this journal was opened.
+    pub fn journaled(&self) -> backlog::Size {
+        self.journaled
     }
 
     /// Records that the daemon is alive.

@@ -8,6 +8,7 @@
 //! channel pushes back on the probes. It never exits on a journal error.
 
 use super::clock::Clock;
+use crate::journal::backlog::{BacklogEstimate, Size};
 use crate::journal::Journal;
 use crate::probe::ProbeEvent;
 use crate::registry::{Registry, Transition};
@@ -68,6 +69,7 @@ impl RegistryTask {
         let mut retention = tokio::time::interval(RETENTION_INTERVAL);
         retention.reset();
         let mut compaction = tokio::time::interval(COMPACTION_INTERVAL);
+        let mut backlog = BacklogEstimate::unknown();
         loop {
             let expiry = self
                 .registry
@@ -90,7 +92,7 @@ impl RegistryTask {
                 }
                 _ = heartbeat.tick() => self.heartbeat(),
                 _ = retention.tick() => self.retention(),
-                _ = compaction.tick() => self.compact().await,
+                _ = compaction.tick() => self.compact(&mut backlog).await,
             }
         }
         // Drain what the probes already sent before they stopped.
@@ -220,10 +222,34 @@ impl RegistryTask {
         }
     }
 
+    /// Events and bytes the broker acknowledged since start.
+    fn published(&self) -> Size {
+        self.uplink_status
+            .as_ref()
+            .and_then(|u| {
+                u.lock().ok().map(|u| Size {
+                    events: u.published,
+                    bytes: u.published_bytes,
+                })
+            })
+            .unwrap_or_default()
+    }
+
     /// Keeps the unpublished backlog within its bound; sessions that lost
-    /// deltas get a checkpoint right away.
-    async fn compact(&mut self) {
-        let report = match self.journal.compact(self.retention.backlog) {
+    /// deltas get a checkpoint right away. Counts the backlog exactly only
+    /// when the running estimate says it may be over (or is stale).
+    async fn compact(&mut self, backlog: &mut BacklogEstimate) {
+        let now = self.clock.now_ms();
+        let (journaled, published) = (self.journal.journaled(), self.published());
+        if !backlog.needs_count(self.retention.backlog, now, journaled, published) {
+            return;
+        }
+        let report = self.journal.compact(self.retention.backlog);
+        match self.journal.backlog_size() {
+            Ok(size) => backlog.counted(size, now, journaled, published),
+            Err(e) => warn!("cannot count the backlog: {e}"),
+        }
+        let report = match report {
             Ok(r) => r,
             Err(e) => {
                 warn!("backlog compaction failed: {e}");

@@ -4,8 +4,8 @@
 //! `offline` status) or when the connection is lost.
 
 use super::messages::{self, Command};
-use super::{tls, Ended, Uplink};
 use super::store::{Fetched, StoreHandle};
+use super::{tls, Ended, Uplink};
 use crate::journal::outbox::OutboxRow;
 use crate::runtime::registry_task::RegistryCommand;
 use crate::status::UplinkStatus;
@@ -36,12 +36,21 @@ pub(crate) struct Connection<'a> {
     cursor: i64,
     awaiting_pkid: VecDeque<Sent>,
     inflight: HashMap<u16, Sent>,
-    /// Acks still needed per event (2 for `detached`: event + retained clear).
-    outstanding: HashMap<i64, (u8, bool)>,
+    /// Events sent and not yet fully acknowledged, by journal id.
+    outstanding: HashMap<i64, Outstanding>,
     connected: bool,
 }
 
 type Fetch = oneshot::Receiver<Fetched>;
+
+/// An event published and not yet fully acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    /// Acks still needed (2 for `detached`: event + retained clear).
+    acks: u8,
+    checkpoint: bool,
+    bytes: u64,
+}
 
 impl<'a> Connection<'a> {
     pub(crate) fn new(
@@ -210,6 +219,7 @@ impl<'a> Connection<'a> {
             let retain = row.kind == "checkpoint";
             let detached = row.kind == "detached";
             let id = row.id;
+            let bytes = row.payload.len() as u64;
             let clear_topic = detached.then(|| topic.clone());
             if client
                 .try_publish(topic, QoS::AtLeastOnce, retain, row.payload)
@@ -237,7 +247,14 @@ impl<'a> Connection<'a> {
                     self.awaiting_pkid.push_back(Sent::Event(id));
                 }
             }
-            self.outstanding.insert(id, (acks, retain));
+            self.outstanding.insert(
+                id,
+                Outstanding {
+                    acks,
+                    checkpoint: retain,
+                    bytes,
+                },
+            );
         }
     }
 
@@ -259,21 +276,22 @@ impl<'a> Connection<'a> {
     }
 
     fn acked(&mut self, id: i64) {
-        let Some((left, checkpoint)) = self.outstanding.get_mut(&id) else {
+        let Some(out) = self.outstanding.get_mut(&id) else {
             return;
         };
-        *left -= 1;
-        if *left > 0 {
+        out.acks -= 1;
+        if out.acks > 0 {
             return;
         }
-        let checkpoint = *checkpoint;
+        let out = *out;
         self.outstanding.remove(&id);
         self.store.mark(id);
         let now = crate::timefmt::now_ms();
         self.update(|s| {
             s.published += 1;
+            s.published_bytes += out.bytes;
             s.last_puback_ms = Some(now);
-            if checkpoint {
+            if out.checkpoint {
                 s.checkpoints += 1;
             }
         });

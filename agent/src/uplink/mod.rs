@@ -74,10 +74,9 @@ impl Uplink {
         let max = Duration::from_secs(self.settings.reconnect_max_backoff_secs);
         let mut backoff = Duration::from_millis(500);
         loop {
-            let ended =
-                connection::Connection::new(&self, &broker, store.clone())
-                    .run()
-                    .await;
+            let ended = connection::Connection::new(&self, &broker, store.clone())
+                .run()
+                .await;
             self.update(|s| s.connected = false);
             match ended {
                 Ended::Shutdown => break,

@@ -84,21 +84,25 @@ pub fn spawn(
     (StoreHandle { tx }, join)
 }
 
-fn serve(mut outbox: Outbox, rx: mpsc::Receiver<Request>, status: &Mutex<UplinkStatus>) {
-    let mut pending: Vec<i64> = Vec::new();
-    let mut oldest: Option<Instant> = None;
+fn serve(outbox: Outbox, rx: mpsc::Receiver<Request>, status: &Mutex<UplinkStatus>) {
+    let mut marks = Marks {
+        outbox,
+        status,
+        pending: Vec::new(),
+        due: None,
+        retry_after: None,
+    };
     loop {
-        let next = match oldest {
+        let next = match marks.due {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => rx.recv_timeout(MARK_DELAY.saturating_sub(t.elapsed())),
+            Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
         };
         match next {
             Ok(Request::Mark(id)) => {
-                pending.push(id);
-                oldest.get_or_insert_with(Instant::now);
-                if pending.len() >= MARK_BATCH {
-                    flush(&mut outbox, &mut pending, status, None);
-                    oldest = None;
+                marks.pending.push(id);
+                marks.due.get_or_insert_with(|| Instant::now() + MARK_DELAY);
+                if marks.pending.len() >= MARK_BATCH {
+                    marks.flush();
                 }
             }
             Ok(Request::Fetch {
@@ -106,53 +110,78 @@ fn serve(mut outbox: Outbox, rx: mpsc::Receiver<Request>, status: &Mutex<UplinkS
                 limit,
                 reply,
             }) => {
-                let _ = reply.send(outbox.fetch(after, limit).map_err(|e| e.to_string()));
+                // Marks first, so a fetch after a reconnect does not return
+                // events the broker already acknowledged.
+                marks.flush();
+                let rows = marks.outbox.fetch(after, limit).map_err(|e| e.to_string());
+                let _ = reply.send(rows);
             }
-            Err(RecvTimeoutError::Timeout) => {
-                flush(&mut outbox, &mut pending, status, None);
-                oldest = None;
-            }
+            Err(RecvTimeoutError::Timeout) => marks.flush(),
             Err(RecvTimeoutError::Disconnected) => {
-                flush(&mut outbox, &mut pending, status, Some(SHUTDOWN_ATTEMPTS));
+                marks.flush_at_shutdown();
                 return;
             }
         }
     }
 }
 
-/// Marks `pending` published in one transaction, retrying until it works
-/// (or, at shutdown, `attempts` times).
-fn flush(
-    outbox: &mut Outbox,
-    pending: &mut Vec<i64>,
-    status: &Mutex<UplinkStatus>,
-    attempts: Option<u32>,
-) {
-    if pending.is_empty() {
-        return;
-    }
-    let mut tried = 0;
-    loop {
-        match outbox.mark_published(pending) {
+/// Acknowledged ids waiting for their batch.
+struct Marks<'a> {
+    outbox: Outbox,
+    status: &'a Mutex<UplinkStatus>,
+    pending: Vec<i64>,
+    /// When the pending batch must commit.
+    due: Option<Instant>,
+    /// After a failed commit, no new attempt before this.
+    retry_after: Option<Instant>,
+}
+
+impl Marks<'_> {
+    /// Commits the pending ids in one transaction; after a failure the ids
+    /// stay pending and the next attempt waits [`RETRY`].
+    fn flush(&mut self) {
+        let now = Instant::now();
+        if self.pending.is_empty() || self.retry_after.is_some_and(|t| now < t) {
+            return;
+        }
+        match self.outbox.mark_published(&self.pending) {
             Ok(()) => {
-                debug!("marked {} events published", pending.len());
-                pending.clear();
-                return;
+                debug!("marked {} events published", self.pending.len());
+                self.pending.clear();
+                self.due = None;
+                self.retry_after = None;
             }
             Err(e) => {
-                tried += 1;
-                let msg = format!("cannot mark {} events published: {e}", pending.len());
-                if let Ok(mut s) = status.lock() {
+                warn!(
+                    "cannot mark {} events published: {e}; retrying in {RETRY:?}",
+                    self.pending.len()
+                );
+                if let Ok(mut s) = self.status.lock() {
                     s.last_error = Some(format!("marking events published: {e}"));
                 }
-                if attempts.is_some_and(|n| tried >= n) {
-                    warn!("{msg}; giving up at shutdown: they will be sent again after the restart");
-                    pending.clear();
-                    return;
-                }
-                warn!("{msg}; retrying in {RETRY:?}");
-                std::thread::sleep(RETRY);
+                self.retry_after = Some(now + RETRY);
+                self.due = self.retry_after;
             }
+        }
+    }
+
+    /// A few attempts, then the ids are left unpublished (sent again after
+    /// the restart), and that is logged.
+    fn flush_at_shutdown(&mut self) {
+        for _ in 0..SHUTDOWN_ATTEMPTS {
+            if self.pending.is_empty() {
+                return;
+            }
+            if let Some(t) = self.retry_after {
+                std::thread::sleep(t.saturating_duration_since(Instant::now()));
+            }
+            self.flush();
+        }
+        if !self.pending.is_empty() {
+            warn!(
+                "{} acknowledged events could not be marked published; they will be sent again after the restart",
+                self.pending.len()
+            );
         }
     }
 }
