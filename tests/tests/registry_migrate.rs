@@ -4,15 +4,16 @@
 use rae_tests::postgres::Postgres;
 use std::process::Command;
 
+/// `target/<profile>/rae-cloud-ingest`, checked to be newer than its sources.
 fn binary() -> std::path::PathBuf {
-    let p =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/rae-cloud-ingest");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p rae-cloud-ingest` first",
-        p.display()
-    );
-    p
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("rae-cloud-ingest");
+    rae_tests::agent::check_binary_with_hint(&binary, "cargo build -p rae-cloud-ingest").unwrap();
+    binary
 }
 
 fn migrate(config: &std::path::Path) -> std::process::Output {
