@@ -15,5 +15,6 @@ pub mod fake_adb;
 pub mod mosquitto;
 pub mod mqtt_sub;
 pub mod postgres;
+pub mod tansu;
 pub mod tls_certs;
 pub mod umockdev;

@@ -1,0 +1,111 @@
+//! Bridge throughput: MQTT → Kafka messages per second per core of the
+//! bridge process, against a real mosquitto and a real Tansu.
+//!
+//! Run: `cargo build --release -p rae-cloud-ingest && cargo bench -p
+//! rae-tests --bench bridge` (needs `tansu`: scripts/install-tansu).
+//!
+//! A publisher streams `N` device messages (200 bytes, 100 sessions) to
+//! mosquitto, paced so that at most 800 are not yet acked by the bridge
+//! (mosquitto's default `max_queued_messages` is 1000 per client and would
+//! drop beyond it). The figure is `N / CPU seconds of the bridge process`
+//! (utime + stime of every thread, from /proc/<pid>/stat), i.e. msgs/s per
+//! fully busy core, plus the wall-clock rate. The baseline measured in the
+//! same run is the same publisher against mosquitto with no subscriber:
+//! the rate the load generator reaches on this machine, so a bridge rate
+//! near it means the publisher, not the bridge, was the limit. Target:
+//! ≥ 20,000 msgs/s per core (5× EMQX's published Kafka-sink figure). Prints
+//! figures; asserts nothing about timing.
+
+#[path = "../tests/bridge_support/mod.rs"]
+mod bridge_support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bridge_support::*;
+
+const N: usize = 60_000;
+const SESSIONS: usize = 100;
+const PAYLOAD: usize = 200;
+const WINDOW: usize = 800;
+const CHUNK: usize = 200;
+const TARGET_PER_CORE: f64 = 20_000.0;
+
+fn main() -> Result<()> {
+    let binary = binary("cargo build --release -p rae-cloud-ingest")?;
+    let lab = Lab::start()?;
+    let msgs: Vec<Msg> = device_messages("bench", SESSIONS, N)
+        .into_iter()
+        .map(|mut m| {
+            m.payload.resize(PAYLOAD, b'.');
+            m
+        })
+        .collect();
+
+    // Baseline: the same publisher, no bridge (mosquitto drops them: no
+    // subscriber), the ceiling of the load generator on this machine.
+    let start = Instant::now();
+    for chunk in msgs.chunks(5_000) {
+        publish_all(lab.mosquitto.port(), "bench-pub-base", chunk)?;
+    }
+    let base_rate = N as f64 / start.elapsed().as_secs_f64();
+
+    let config = lab.config("bench-bridge", 1000, "\"linger.ms\" = \"5\"")?;
+    let bridge = Bridge::start_binary(&config, binary)?;
+    lab.wait_subscribed("bench-bridge", 1)?;
+    let pid = bridge.pid().context("bridge pid")?;
+    let tansu_pid = lab.tansu.pid().context("tansu pid")?;
+    let cpu0 = cpu_secs(pid)?;
+    let tansu0 = cpu_secs(tansu_pid)?;
+    let start = Instant::now();
+    let mut sent = 0usize;
+    for chunk in msgs.chunks(CHUNK) {
+        // Pace: at most WINDOW messages not yet acked by the bridge.
+        let floor = (sent + chunk.len()).saturating_sub(WINDOW) as i64;
+        bridge.wait_metric("rae_bridge_mqtt_acks_total", floor, Duration::from_secs(60))?;
+        publish_all(lab.mosquitto.port(), "bench-pub", chunk)?;
+        sent += chunk.len();
+    }
+    bridge.wait_metric(
+        "rae_bridge_mqtt_acks_total",
+        N as i64,
+        Duration::from_secs(120),
+    )?;
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid)? - cpu0;
+    let tansu_cpu = cpu_secs(tansu_pid)? - tansu0;
+    let per_core = N as f64 / cpu;
+    let records = lab.tansu.read(EVENTS, N, Duration::from_secs(120))?.len();
+
+    println!("bridge bench: {N} messages of {PAYLOAD} B over {SESSIONS} device topics, mosquitto → bridge → Tansu (3 partitions)");
+    println!("  publisher alone (baseline, same run): {base_rate:>10.0} msgs/s wall");
+    println!(
+        "  bridge wall-clock rate:               {:>10.0} msgs/s ({wall:.2} s)",
+        N as f64 / wall
+    );
+    println!("  bridge CPU time:                      {cpu:>10.2} s (all threads)");
+    println!("  bridge per core:                      {per_core:>10.0} msgs/s per core");
+    println!(
+        "  target {TARGET_PER_CORE:.0} msgs/s per core: ratio {:.2}",
+        per_core / TARGET_PER_CORE
+    );
+    println!(
+        "  bridge wall rate / publisher-alone rate: {:.2}",
+        (N as f64 / wall) / base_rate
+    );
+    println!("  Tansu CPU time: {tansu_cpu:.2} s; records read back: {records}");
+    Ok(())
+}
+
+/// utime + stime of process `pid` (all threads), in seconds.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are
+    // fields 14 and 15 (1-based), i.e. 11 and 12 after ") ".
+    let rest = stat.rsplit_once(") ").context("odd /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(ticks as f64 / hz.max(1) as f64)
+}

@@ -1,0 +1,72 @@
+//! The bridge's command downlink (Kafka → MQTT) and its config handling,
+//! against a real mosquitto and a real Tansu.
+
+mod bridge_support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use bridge_support::*;
+use rae_tests::mqtt_sub::Subscriber;
+
+#[test]
+fn a_command_record_reaches_the_agents_command_topic_and_a_bad_one_is_skipped() -> Result<()> {
+    let lab = Lab::start()?;
+    let agent = Subscriber::connect(lab.mosquitto.port(), "agent-sub")?;
+    let bridge = Bridge::start(&lab.config("bridge-c", 100, "")?)?;
+    lab.wait_subscribed("bridge-c", 1)?;
+    // No `command` header: cannot be delivered, must not stall the rest.
+    lab.tansu.produce(COMMANDS, b"box-9", b"", &[])?;
+    lab.tansu
+        .produce(COMMANDS, b"box-9", b"", &[("command", b"resync")])?;
+    lab.tansu
+        .produce(COMMANDS, b"box-9", b"\xa1x", &[("command", b"resync")])?;
+    let got = agent.wait_for("two commands", Duration::from_secs(30), |m| {
+        let commands: Vec<_> = m
+            .iter()
+            .filter(|m| m.topic.contains("/commands/"))
+            .cloned()
+            .collect();
+        Ok((commands.len() >= 2).then_some(commands))
+    });
+    let got = match got {
+        Ok(g) => g,
+        Err(e) => return Err(e.context(bridge.log_tail())),
+    };
+    assert_eq!(got[0].topic, "rae/v1/box-9/commands/resync");
+    assert_eq!(got[0].payload, b"");
+    assert_eq!(got[1].topic, "rae/v1/box-9/commands/resync");
+    assert_eq!(got[1].payload, b"\xa1x");
+    bridge.wait_metric("rae_bridge_commands_out_total", 2, Duration::from_secs(10))?;
+    assert_eq!(bridge.metric("rae_bridge_commands_rejected_total"), Some(1));
+    Ok(())
+}
+
+#[test]
+fn garbage_config_exits_64_naming_the_problem() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = binary(BUILD_HINT)?;
+    for (text, needle) in [
+        ("this is not toml", "invalid config file"),
+        ("[mqtt]\nmax_in_flight = 0\n", "mqtt.max_in_flight"),
+        ("[mqtt]\nshare_group = \"a/b\"\n", "mqtt.share_group"),
+        ("[mqtt]\nbrokr = \"x\"\n", "brokr"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text)?;
+        let out = Command::new(&binary)
+            .arg("--config")
+            .arg(&path)
+            .arg("bridge")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(64),
+            "{text:?}: exit {:?}, stderr {stderr}",
+            out.status
+        );
+        ensure!(stderr.contains(needle), "{text:?}: {stderr}");
+    }
+    Ok(())
+}
