@@ -1,6 +1,8 @@
 //! `rae-cloud-ingest devices` against a real PostgreSQL holding rows as the
 //! registry writes them.
 
+#![allow(clippy::unwrap_used)]
+
 use rae_tests::postgres::Postgres;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! `rae-cloud-ingest migrate` against a real PostgreSQL: creates the
 //! schema, records its version, and is idempotent.
 
+#![allow(clippy::unwrap_used)]
+
 use rae_tests::postgres::Postgres;
 use std::process::Command;
 

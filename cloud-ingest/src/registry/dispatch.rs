@@ -9,6 +9,10 @@
 //!   records already received wait in a small stash, so memory stays
 //!   bounded while the consumer keeps polling (and keeps its group
 //!   membership);
+//! - revokes are handled before the record that follows them is
+//!   dispatched (a rebalance runs inside `recv`), so a record of a new
+//!   assignment never lands in a retired pipeline (which would leave a
+//!   hole that the next pipeline skips over);
 //! - on revoke, the partition's worker is told to abandon (its uncommitted
 //!   records are redelivered to the next owner; applying them twice is a
 //!   no-op by `(session_id, seq)`) and its stash is dropped;
@@ -178,6 +182,10 @@ impl Dispatcher {
                 _ = shutdown.changed() => break,
                 m = consumer.recv() => match m {
                     Ok(m) => {
+                        // A rebalance runs inside recv(): retire the revoked
+                        // pipelines before this record (possibly of the new
+                        // assignment) is handed to one of them.
+                        self.handle_revokes();
                         self.metrics.records_in.inc();
                         self.dispatch(m.detach());
                     }
@@ -313,6 +321,11 @@ impl Dispatcher {
                 .await;
         match committed {
             Ok(Ok(())) => log::info!("offsets committed; registry stopped"),
+            Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            ))) => {
+                log::info!("offsets committed (nothing new since the last batch); registry stopped")
+            }
             Ok(Err(e)) => log::info!("final offset commit: {e}"),
             Err(e) => log::warn!("final offset commit did not run: {e}"),
         }

@@ -1,0 +1,359 @@
+//! The Cloud Registry end to end from Kafka: real Tansu, real PostgreSQL,
+//! the real `rae-cloud-ingest registry` binary.
+
+#![allow(clippy::unwrap_used)]
+
+mod registry_support;
+
+use rae_protocol::EventKind;
+use registry_support::*;
+use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn last_seq(cloud: &Cloud, s: &Session) -> i64 {
+    cloud.count(&format!(
+        "SELECT last_seq FROM device_sessions WHERE session_id = '{}'",
+        s.id
+    ))
+}
+
+fn history(cloud: &Cloud, s: &Session) -> i64 {
+    cloud.count(&format!(
+        "SELECT count(*) FROM device_events WHERE session_id = '{}'",
+        s.id
+    ))
+}
+
+fn attr(cloud: &Cloud, s: &Session, name: &str) -> Option<String> {
+    cloud
+        .pg
+        .query(&format!(
+            "SELECT value FROM device_attributes WHERE session_id = '{}' AND name = '{name}'",
+            s.id
+        ))
+        .ok()?
+        .first()?
+        .first()?
+        .clone()
+}
+
+/// A session's stream: attached, then `n - 1` changes of `counter`.
+fn stream(s: &mut Session, n: u64) -> Vec<rae_protocol::Envelope> {
+    let mut out = vec![s.attached(&[("counter", 0), ("fixed", 7)])];
+    for i in 1..n {
+        out.push(s.changed(&[("counter", i as i64)]));
+    }
+    out
+}
+
+#[test]
+fn registry_applies_events_in_order_and_ignores_duplicates() {
+    let cloud = Cloud::start(2, "").unwrap();
+    let mut reg = cloud.registry().unwrap();
+    let mut sessions: Vec<Session> = (0..4)
+        .map(|i| Session::new("box-a", &format!("dev{i}")))
+        .collect();
+    let mut all = Vec::new();
+    for s in &mut sessions {
+        all.extend(stream(s, 50));
+    }
+    cloud.send(&all).unwrap();
+    // Redelivery: the same records again.
+    cloud.send(&all).unwrap();
+    for s in &sessions {
+        wait("all events applied", CONVERGE, || last_seq(&cloud, s) == 50)
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+            .unwrap();
+    }
+    wait("duplicates counted", CONVERGE, || {
+        cloud.metric("rae_registry_events_duplicate_total") == Some(200)
+    })
+    .unwrap();
+    for s in &sessions {
+        assert_eq!(history(&cloud, s), 50, "one history row per event");
+        assert_eq!(attr(&cloud, s, "counter").as_deref(), Some("49"));
+        assert_eq!(attr(&cloud, s, "fixed").as_deref(), Some("7"));
+    }
+    assert_eq!(
+        cloud.count("SELECT count(*) FROM device_sessions WHERE stale"),
+        0
+    );
+    assert_eq!(
+        cloud.count("SELECT count(*) FROM devices WHERE rae_id = 'box-a'"),
+        4
+    );
+    let status = reg.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status:?}\n{}", reg.log_tail());
+}
+
+#[test]
+fn a_gap_marks_the_session_stale_and_produces_exactly_one_resync_record() {
+    let cloud = Cloud::start(1, "resync_min_interval_secs = 3600").unwrap();
+    let reg = cloud.registry().unwrap();
+    let mut s = Session::new("box-g", "dev-g");
+    let mut envs = vec![s.attached(&[("a", 1)]), s.changed(&[("a", 2)])];
+    s.lose(2);
+    envs.push(s.changed(&[("a", 5)]));
+    envs.push(s.changed(&[("a", 6)]));
+    cloud.send(&envs).unwrap();
+    wait("session stale", CONVERGE, || {
+        cloud.count(&format!(
+            "SELECT count(*) FROM device_sessions WHERE stale AND session_id = '{}'",
+            s.id
+        )) == 1
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+    assert_eq!(last_seq(&cloud, &s), 2, "nothing applied across the gap");
+    assert_eq!(attr(&cloud, &s, "a").as_deref(), Some("2"));
+    // More gapped events within the interval: still one resync.
+    let more = vec![s.changed(&[("a", 7)])];
+    cloud.send(&more).unwrap();
+    wait("gaps counted", CONVERGE, || {
+        cloud.metric("rae_registry_gaps_total") == Some(3)
+    })
+    .unwrap();
+    let commands = cloud
+        .kafka
+        .read(COMMANDS, 2, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    let c = &commands[0];
+    assert_eq!(c.key_str(), "box-g");
+    assert_eq!(c.header_str("command").as_deref(), Some("resync"));
+    let v: ciborium::Value = ciborium::from_reader(c.value.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        v,
+        ciborium::Value::Map(vec![(
+            ciborium::Value::Text("session_id".into()),
+            ciborium::Value::Text(s.id.to_string())
+        )])
+    );
+    // The agent answers with a checkpoint: stale cleared, attributes replaced.
+    let ck = s.checkpoint(&[("a", 8), ("b", 1)]);
+    let ck_seq = ck.seq as i64;
+    cloud.send(&[ck]).unwrap();
+    wait("checkpoint applied", CONVERGE, || {
+        last_seq(&cloud, &s) == ck_seq
+    })
+    .unwrap();
+    assert_eq!(
+        cloud.count(&format!(
+            "SELECT count(*) FROM device_sessions WHERE stale AND session_id = '{}'",
+            s.id
+        )),
+        0
+    );
+    assert_eq!(attr(&cloud, &s, "a").as_deref(), Some("8"));
+    assert_eq!(attr(&cloud, &s, "b").as_deref(), Some("1"));
+}
+
+#[test]
+fn garbage_lands_in_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
+    let cloud = Cloud::start(1, "").unwrap();
+    let reg = cloud.registry().unwrap();
+    let mut s = Session::new("box-d", "dev-d");
+    let key = s
+        .at(1, EventKind::Detached { reason: "x".into() })
+        .topic()
+        .unwrap();
+    cloud.send(&[s.attached(&[("a", 1)])]).unwrap();
+    cloud
+        .send_raw(EVENTS, key.as_bytes(), b"\xff\x00 not cbor")
+        .unwrap();
+    let mut future = s.changed(&[("a", 2)]);
+    future.schema = 1;
+    let mut bytes = future.encode().unwrap();
+    // "v": 1 → "v": 9 (the first item after the map header and the "v" key).
+    assert_eq!(&bytes[1..4], b"\x61v\x01");
+    bytes[3] = 9;
+    cloud.send_raw(EVENTS, key.as_bytes(), &bytes).unwrap();
+    // Flowing on: seq 2 was dead-lettered, so 3 shows a gap; a checkpoint heals.
+    cloud.send(&[s.checkpoint(&[("a", 3)])]).unwrap();
+    wait("events after the garbage applied", CONVERGE, || {
+        last_seq(&cloud, &s) == 3
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+    let dead = cloud.kafka.read(DLQ, 3, Duration::from_secs(10)).unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].header_str("error_kind").as_deref(), Some("decode"));
+    assert!(
+        dead[0].header_str("error").unwrap().contains("CBOR"),
+        "{dead:?}"
+    );
+    assert_eq!(dead[0].value.as_deref(), Some(&b"\xff\x00 not cbor"[..]));
+    assert_eq!(dead[0].key_str(), key);
+    assert_eq!(dead[1].header_str("error_kind").as_deref(), Some("schema"));
+    assert!(
+        dead[1]
+            .header_str("error")
+            .unwrap()
+            .contains("unsupported envelope schema 9"),
+        "{dead:?}"
+    );
+    assert_eq!(dead[1].header_str("source_offset").as_deref(), Some("2"));
+    assert_eq!(cloud.metric("rae_registry_dlq_total"), Some(2));
+    assert_eq!(attr(&cloud, &s, "a").as_deref(), Some("3"));
+}
+
+#[test]
+fn a_ten_second_database_outage_mid_stream_loses_nothing() {
+    let cloud = Cloud::start(2, "batch_max_records = 50").unwrap();
+    let mut pg_ctl = cloud;
+    let reg = pg_ctl.registry().unwrap();
+    let mut sessions: Vec<Session> = (0..6)
+        .map(|i| Session::new("box-o", &format!("dev{i}")))
+        .collect();
+    let streams: Vec<Vec<rae_protocol::Envelope>> =
+        sessions.iter_mut().map(|s| stream(s, 100)).collect();
+    let first: Vec<_> = streams.iter().flat_map(|s| s[..40].to_vec()).collect();
+    let rest: Vec<_> = streams.iter().flat_map(|s| s[40..].to_vec()).collect();
+    pg_ctl.send(&first).unwrap();
+    wait("first part applied", CONVERGE, || {
+        sessions.iter().all(|s| last_seq(&pg_ctl, s) == 40)
+    })
+    .unwrap();
+    pg_ctl.pg.stop().unwrap();
+    pg_ctl.send(&rest).unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    wait("the registry noticed the outage", CONVERGE, || {
+        pg_ctl.metric("rae_registry_db_errors_total").unwrap_or(0) > 0
+    })
+    .unwrap();
+    pg_ctl.pg.start_again().unwrap();
+    for s in &sessions {
+        wait("everything applied after the outage", CONVERGE, || {
+            last_seq(&pg_ctl, s) == 100
+        })
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+        .unwrap();
+        assert_eq!(history(&pg_ctl, s), 100);
+        assert_eq!(attr(&pg_ctl, s, "counter").as_deref(), Some("99"));
+    }
+    assert_eq!(
+        pg_ctl.count("SELECT count(*) FROM device_sessions WHERE stale"),
+        0
+    );
+}
+
+#[test]
+fn a_registry_killed_mid_batch_converges_without_duplicate_history_rows() {
+    let cloud = Cloud::start(2, "batch_max_records = 100").unwrap();
+    let mut sessions: Vec<Session> = (0..20)
+        .map(|i| Session::new("box-k", &format!("dev{i}")))
+        .collect();
+    let all: Vec<_> = sessions.iter_mut().flat_map(|s| stream(s, 200)).collect();
+    cloud.send(&all).unwrap();
+    let mut reg = cloud.registry().unwrap();
+    wait("some batches applied", CONVERGE, || {
+        cloud.count("SELECT count(*) FROM device_events") >= 300
+    })
+    .unwrap();
+    // SIGKILL in the middle of the stream, then a fresh registry.
+    reg.kill();
+    let applied_at_kill = cloud.count("SELECT count(*) FROM device_events");
+    assert!(applied_at_kill < 4000, "killed too late to be mid-stream");
+    reg.restart().unwrap();
+    for s in &sessions {
+        wait("convergence after the kill", CONVERGE, || {
+            last_seq(&cloud, s) == 200
+        })
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: {} history rows (at kill {applied_at_kill}), records in {:?}, sessions {:?}\n{}",
+                cloud.count("SELECT count(*) FROM device_events"),
+                cloud.metric("rae_registry_records_in_total"),
+                cloud.pg.query("SELECT device_id, last_seq, stale_expected, stale_got, (SELECT min(kafka_offset)::text || '-' || max(kafka_offset)::text || ' p' || min(kafka_partition)::text FROM device_events e WHERE e.session_id = s.session_id) FROM device_sessions s WHERE stale OR last_seq < 200 ORDER BY 1").ok(),
+                reg.log_text().lines().filter(|l| !l.contains("DEBUG")).collect::<Vec<_>>().join("\n")
+            )
+        })
+        .unwrap();
+        assert_eq!(history(&cloud, s), 200);
+        assert_eq!(attr(&cloud, s, "counter").as_deref(), Some("199"));
+    }
+    assert_eq!(cloud.count("SELECT count(*) FROM device_events"), 4000);
+}
+
+#[test]
+fn sigterm_commits_the_offsets_so_a_restart_reads_nothing_again() {
+    let cloud = Cloud::start(1, "").unwrap();
+    let mut reg = cloud.registry().unwrap();
+    let mut s = Session::new("box-t", "dev-t");
+    cloud.send(&stream(&mut s, 30)).unwrap();
+    wait("applied", CONVERGE, || last_seq(&cloud, &s) == 30).unwrap();
+    let status = reg.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status:?}\n{}", reg.log_tail());
+    assert!(
+        reg.log_text().contains("offsets committed"),
+        "{}",
+        reg.log_tail()
+    );
+    let reg = cloud.registry().unwrap();
+    cloud.send(&[s.changed(&[("counter", 1000)])]).unwrap();
+    wait("the new event applied", CONVERGE, || {
+        last_seq(&cloud, &s) == 31
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+    // Only the new record was read: nothing before the committed offset.
+    assert_eq!(cloud.metric("rae_registry_records_in_total"), Some(1));
+    assert_eq!(cloud.metric("rae_registry_events_duplicate_total"), Some(0));
+}
+
+#[test]
+fn box_status_records_update_the_boxes_table() {
+    let cloud = Cloud::start(1, "").unwrap();
+    let _reg = cloud.registry().unwrap();
+    let status = |state: &str, ts: u64| {
+        let v = ciborium::Value::Map(vec![
+            (
+                ciborium::Value::Text("state".into()),
+                ciborium::Value::Text(state.into()),
+            ),
+            (
+                ciborium::Value::Text("agent_version".into()),
+                ciborium::Value::Text("9.9".into()),
+            ),
+            (
+                ciborium::Value::Text("boot_count".into()),
+                ciborium::Value::Integer(4.into()),
+            ),
+            (
+                ciborium::Value::Text("ts_ms".into()),
+                ciborium::Value::Integer(ts.into()),
+            ),
+        ]);
+        let mut out = Vec::new();
+        ciborium::into_writer(&v, &mut out).unwrap();
+        out
+    };
+    cloud
+        .send_raw(STATUS, b"rae/v1/box-s/status", &status("online", 100))
+        .unwrap();
+    wait("box online", CONVERGE, || {
+        cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-s' AND online") == 1
+    })
+    .unwrap();
+    cloud
+        .send_raw(STATUS, b"rae/v1/box-s/status", &status("offline", 90))
+        .unwrap();
+    wait("box offline", CONVERGE, || {
+        cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-s' AND NOT online") == 1
+    })
+    .unwrap();
+    let row = cloud
+        .pg
+        .query("SELECT agent_version, boot_count, last_birth_ms, last_will_ms FROM boxes")
+        .unwrap();
+    assert_eq!(
+        row[0],
+        vec![
+            Some("9.9".to_string()),
+            Some("4".to_string()),
+            Some("100".to_string()),
+            Some("90".to_string())
+        ]
+    );
+}
