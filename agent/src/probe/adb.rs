@@ -239,7 +239,7 @@ async fn fetch_props(settings: Arc<AdbSettings>, fetch: Fetch) -> (Fetch, FetchR
         .await
         .map_err(|e| format!("getprop failed: {e}"));
     if let Err(message) = &result {
-        warn!("adb probe: {}: {message}", fetch.serial);
+        warn!(adb_serial = fetch.serial.as_str(); "adb probe: {}: {message}", fetch.serial);
     }
     (fetch, result)
 }

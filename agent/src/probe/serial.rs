@@ -113,8 +113,12 @@ pub async fn scan_once(settings: &SerialSettings) -> Vec<Observation> {
             continue;
         };
         match &outcome {
-            Outcome::Unresponsive { error } => info!("serial probe {path}: unresponsive: {error}"),
-            Outcome::Skipped { reason } => info!("serial probe {path}: skipped: {reason}"),
+            Outcome::Unresponsive { error } => {
+                info!(tty:% = path; "serial probe {path}: unresponsive: {error}")
+            }
+            Outcome::Skipped { reason } => {
+                info!(tty:% = path; "serial probe {path}: skipped: {reason}")
+            }
             _ => {}
         }
         if let Some(attrs) = facet_attrs(&path, &profile, &outcome, None) {
@@ -154,13 +158,13 @@ pub(crate) async fn probe_bounded(
     match tokio::time::timeout(deadline, &mut handle).await {
         Ok(Ok((outcome, ids))) => (outcome, ids, None),
         Ok(Err(e)) => {
-            warn!("serial probe {path}: probe thread failed: {e}");
+            warn!(tty:% = path; "serial probe {path}: probe thread failed: {e}");
             let error = format!("probe failed: {e}");
             (Outcome::Unresponsive { error }, Vec::new(), None)
         }
         Err(_) => {
             let error = format!("probe did not finish within {} ms", deadline.as_millis());
-            warn!("serial probe {path}: {error}");
+            warn!(tty:% = path; "serial probe {path}: {error}");
             (Outcome::Unresponsive { error }, Vec::new(), Some(handle))
         }
     }

@@ -48,7 +48,7 @@ pub enum Outcome {
 pub fn probe(path: &str, profile: &Profile, lock_dirs: &[PathBuf], cancel: &AtomicBool) -> Outcome {
     let lock = match lock::acquire(lock_dirs, Path::new(path)) {
         Ok(Acquired::Locked(lock)) => {
-            debug!("serial probe {path}: locked with {}", lock.path().display());
+            debug!(tty:% = path; "serial probe {path}: locked with {}", lock.path().display());
             Some(lock)
         }
         Ok(Acquired::Held { path: file, holder }) => {
@@ -61,7 +61,7 @@ pub fn probe(path: &str, profile: &Profile, lock_dirs: &[PathBuf], cancel: &Atom
             };
         }
         Ok(Acquired::Unlocked { reason }) => {
-            debug!("serial probe {path}: probing without a lock file: {reason}");
+            debug!(tty:% = path; "serial probe {path}: probing without a lock file: {reason}");
             None
         }
         Err(e) => {
@@ -96,6 +96,7 @@ fn probe_open(path: &str, mut port: OpenPort, profile: &Profile, cancel: &Atomic
             Ok(attrs) => return Outcome::Answered { baud, attrs },
             Err(Failure { message, received }) => {
                 debug!(
+                    tty:% = path;
                     "serial probe {path}: {message}; received {} bytes: {:?}",
                     received.len(),
                     excerpt(&received)

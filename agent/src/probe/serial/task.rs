@@ -125,7 +125,7 @@ impl Scheduler {
         self.ports.retain(|path, st| {
             let keep = selected.contains_key(path);
             if !keep {
-                info!("serial probe {path}: port gone");
+                info!(tty:% = path; "serial probe {path}: port gone");
                 if st.sent.take().is_some() {
                     events.push(ProbeEvent::Observed(Observation::absent(facet(path))));
                 }
@@ -259,11 +259,11 @@ fn observe(
     }
     match &outcome {
         Outcome::Skipped { reason } => {
-            debug!("serial probe {path}: skipped: {reason}");
+            debug!(tty:% = path; "serial probe {path}: skipped: {reason}");
             return None;
         }
         Outcome::NoDevice { reason } => {
-            debug!("serial probe {path}: not a port now: {reason}");
+            debug!(tty:% = path; "serial probe {path}: not a port now: {reason}");
             st.kept = None;
             let was_present = st.sent.take().is_some();
             return was_present.then(|| ProbeEvent::Observed(Observation::absent(facet(path))));
@@ -284,9 +284,9 @@ fn observe(
         _ => String::new(),
     };
     if before != after {
-        info!("serial probe {path}: {before} -> {after}: {detail}");
+        info!(tty:% = path; "serial probe {path}: {before} -> {after}: {detail}");
     } else {
-        debug!("serial probe {path}: still {after}: {detail}");
+        debug!(tty:% = path; "serial probe {path}: still {after}: {detail}");
     }
     if st.sent.as_ref() == Some(&obs) {
         return None;
