@@ -140,7 +140,9 @@ impl RegistryTask {
                 Ok(()) => {
                     self.journal_changed.notify_one();
                     for ev in t.events() {
-                        debug!(
+                        log::log!(
+                            crate::logging::event_level(ev.kind.name()),
+                            device_id = ev.device_id.as_str(), session_id:% = ev.session_id;
                             "journaled {} seq {} of device {} (session {})",
                             ev.kind.name(),
                             ev.seq,
