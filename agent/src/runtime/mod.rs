@@ -301,16 +301,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         },
     );
     let mut pet = WatchdogPet::new(notifier.watchdog(), liveness);
+    let mut crashed = false;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM received, stopping"); break }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT received, stopping"); break }
-            _ = agent.wait_any() => { warn!("a task ended unexpectedly, stopping"); break }
+            _ = agent.wait_any() => {
+                warn!("a task ended unexpectedly, stopping");
+                crashed = true;
+                break
+            }
             _ = pet.tick() => pet.check(&notifier),
         }
     }
     notify(&notifier, &Message::Stopping);
     agent.shutdown(SHUTDOWN_DEADLINE).await;
+    if crashed {
+        // A non-zero exit, so systemd's Restart=on-failure starts us again.
+        anyhow::bail!("stopped because a task ended unexpectedly (see the log above)");
+    }
     info!("rae-agent stopped");
     Ok(())
 }
