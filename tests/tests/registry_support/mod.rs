@@ -211,6 +211,11 @@ impl Registry {
     }
 
     pub fn start_binary(config: &Path, log: &Path, binary: PathBuf) -> Result<Registry> {
+        Registry::spawn(config, log, binary, "registry")
+    }
+
+    /// Any subcommand of the binary (`bridge` in the end-to-end test).
+    pub fn spawn(config: &Path, log: &Path, binary: PathBuf, subcommand: &str) -> Result<Registry> {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -218,7 +223,7 @@ impl Registry {
         let child = Command::new(&binary)
             .arg("--config")
             .arg(config)
-            .arg("registry")
+            .arg(subcommand)
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf)
