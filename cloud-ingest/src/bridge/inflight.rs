@@ -161,6 +161,13 @@ impl<T> InFlight<T> {
             .map(|i| (self.entries[i].key.as_str(), &self.entries[i].data))
     }
 
+    /// Whether attempt `attempt` of entry `id` is the one to produce now
+    /// (false once it was rescheduled, e.g. by [`InFlight::fail_all`]).
+    pub fn is_producing(&self, id: u64, attempt: u32) -> bool {
+        self.index(id)
+            .is_some_and(|i| self.entries[i].state == State::Producing(attempt))
+    }
+
     /// Kafka confirmed attempt `attempt` of entry `id`. Returns false for a
     /// report that no longer counts (older attempt, unknown id).
     pub fn delivered(&mut self, id: u64, attempt: u32) -> bool {
@@ -409,6 +416,30 @@ mod tests {
         f.push("z", Some(3), false, ());
         f.fail_all(42);
         assert_eq!(f.due(42), vec![(a, 1), (b, 1)]);
+    }
+
+    #[test]
+    fn after_fail_all_the_old_attempts_are_neither_produced_nor_counted() {
+        let mut f = InFlight::new(10);
+        let a = produce(f.push("x", Some(1), true, ()));
+        let b = produce(f.push("x", Some(2), true, ()));
+        assert!(f.is_producing(a, 0));
+        f.fail_all(100);
+        assert!(
+            !f.is_producing(a, 0),
+            "rescheduled: not to be sent as attempt 0"
+        );
+        // The old producer's reports (delivered or failed) no longer count.
+        assert!(!f.delivered(a, 0));
+        assert!(!f.failed(b, 0, 50));
+        assert!(
+            f.release().is_empty(),
+            "nothing acked before the new producer confirms"
+        );
+        assert_eq!(f.due(100), vec![(a, 1), (b, 1)]);
+        assert!(f.is_producing(b, 1));
+        assert!(f.delivered(a, 1) && f.delivered(b, 1));
+        assert_eq!(f.release().len(), 2);
     }
 
     #[test]

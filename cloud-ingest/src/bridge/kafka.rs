@@ -70,10 +70,13 @@ impl ClientContext for QuietContext {
 impl ConsumerContext for QuietContext {}
 
 /// Producer defaults an operator may override in `[kafka.properties]`.
-/// `message.timeout.ms` is finite so that an outage shows up as delivery
-/// failures (metric and log) that the bridge retries itself, in order.
-const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
-    ("message.timeout.ms", "30000"),
+/// `message.timeout.ms` (alias `delivery.timeout.ms`) is finite so that an
+/// outage shows up as delivery failures (metric and log) that the bridge
+/// retries itself, in order; 10 s (librdkafka's own default is 300 s) so
+/// that a producer the broker no longer accepts is replaced within about
+/// `health::TIMEOUTS_BEFORE_REPLACE` × 10 s (see `health.rs`).
+pub const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
+    ("message.timeout.ms", "10000"),
     ("linger.ms", "5"),
     ("compression.type", "none"),
     ("queue.buffering.max.messages", "100000"),
@@ -101,16 +104,42 @@ const PRODUCER_ONLY: [&str; 6] = [
     "queue.buffering.max.messages",
 ];
 
-/// The producer's properties, in application order.
+/// librdkafka's aliases of the properties above, and their names here.
+/// `ClientConfig` is a map applied in no particular order, so an alias
+/// next to its name would win or lose at random (e.g. a
+/// `request.required.acks` could undo `acks=all`): operator properties are
+/// renamed to the names used here before they are merged.
+const ALIASES: [(&str, &str); 4] = [
+    ("request.required.acks", "acks"),
+    ("delivery.timeout.ms", "message.timeout.ms"),
+    ("queue.buffering.max.ms", "linger.ms"),
+    ("compression.codec", "compression.type"),
+];
+
+fn canonical(key: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == key)
+        .map_or(key, |(_, name)| name)
+}
+
+/// The producer's properties; a later entry replaces an earlier one of the
+/// same name.
 pub fn producer_properties(kafka: &KafkaSettings) -> Vec<(String, String)> {
     let mut out = vec![("bootstrap.servers".to_string(), kafka.brokers.clone())];
     push(&mut out, &PRODUCER_DEFAULTS);
-    out.extend(kafka.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out.extend(
+        kafka
+            .properties
+            .iter()
+            .map(|(k, v)| (canonical(k).to_string(), v.clone())),
+    );
     push(&mut out, &PRODUCER_FIXED);
     out
 }
 
-/// The downlink consumer's properties, in application order.
+/// The downlink consumer's properties; a later entry replaces an earlier
+/// one of the same name.
 pub fn consumer_properties(kafka: &KafkaSettings) -> Vec<(String, String)> {
     let mut out = vec![
         ("bootstrap.servers".to_string(), kafka.brokers.clone()),
@@ -121,7 +150,7 @@ pub fn consumer_properties(kafka: &KafkaSettings) -> Vec<(String, String)> {
         kafka
             .properties
             .iter()
-            .filter(|(k, _)| !PRODUCER_ONLY.contains(&k.as_str()))
+            .filter(|(k, _)| !PRODUCER_ONLY.contains(&canonical(k)))
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     push(&mut out, &CONSUMER_FIXED);
@@ -132,7 +161,8 @@ fn push(out: &mut Vec<(String, String)>, pairs: &[(&str, &str)]) {
     out.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
 }
 
-/// A librdkafka config from a property list (later entries win).
+/// A librdkafka config from a property list (a later entry replaces an
+/// earlier one with the same name).
 pub fn client_config(properties: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (k, v) in properties {
@@ -176,6 +206,24 @@ mod tests {
         assert_eq!(p["linger.ms"], "50", "defaults are overridable");
         assert_eq!(p["security.protocol"], "SSL");
         assert_eq!(p["bootstrap.servers"], "k:9092");
+    }
+
+    #[test]
+    fn the_delivery_timeout_defaults_to_10_s_and_is_overridable() {
+        let p = last(&producer_properties(&settings(&[])));
+        assert_eq!(p["message.timeout.ms"], "10000");
+        let p = last(&producer_properties(&settings(&[(
+            "delivery.timeout.ms",
+            "2000",
+        )])));
+        assert_eq!(p["message.timeout.ms"], "2000");
+    }
+
+    #[test]
+    fn an_alias_cannot_undo_acks_all() {
+        let props = producer_properties(&settings(&[("request.required.acks", "1")]));
+        assert!(props.iter().all(|(k, _)| k != "request.required.acks"));
+        assert_eq!(last(&props)["acks"], "all");
     }
 
     #[test]

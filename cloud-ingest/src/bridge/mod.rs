@@ -4,7 +4,7 @@
 //! - [`mqtt::Reader`]: rumqttc's event loop of the uplink connection;
 //! - [`uplink::Uplink`]: produces each message, acks it after Kafka's
 //!   delivery report ([`inflight`] bounds and orders them; [`record`] maps
-//!   a message to a record);
+//!   a message to a record; [`health`] says when to replace the producer);
 //! - [`downlink::Downlink`]: publishes commands, stores the offset after
 //!   the PUBACK;
 //! - the `/metrics` endpoint.
@@ -13,6 +13,7 @@
 //! its in-flight messages for up to [`DRAIN_DEADLINE`]; exit 0.
 
 pub mod downlink;
+pub mod health;
 pub mod inflight;
 pub mod kafka;
 pub mod mqtt;
@@ -39,6 +40,7 @@ pub struct BridgeMetrics {
     pub skipped: Value,
     pub in_flight: Value,
     pub delivery_failures: Value,
+    pub producer_replacements: Value,
     pub acks: Value,
     pub mqtt_connections: Value,
     pub commands_in: Value,
@@ -68,6 +70,10 @@ impl BridgeMetrics {
             delivery_failures: m.counter(
                 "rae_bridge_delivery_failures_total",
                 "Failed Kafka deliveries (each is retried).",
+            ),
+            producer_replacements: m.counter(
+                "rae_bridge_producer_replacements_total",
+                "Kafka producers replaced (lost idempotence state or timeouts in a row).",
             ),
             acks: m.counter("rae_bridge_mqtt_acks_total", "PUBACKs sent by the uplink."),
             mqtt_connections: m.counter(
@@ -116,8 +122,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let m = &settings.mqtt;
     let max_in_flight = usize::from(m.max_in_flight);
     let reconnect_max = Duration::from_secs(m.reconnect_max_backoff_secs);
-    let (client, eventloop) =
-        AsyncClient::new(mqtt::options(m, &m.client_id, false), max_in_flight + 64);
+    let (client, eventloop) = AsyncClient::new(
+        mqtt::options(m, &m.client_id, false),
+        mqtt::REQUEST_CAPACITY,
+    );
     let (events_tx, events_rx) = mpsc::channel(1);
     tasks.spawn(async move {
         mqtt::Reader {

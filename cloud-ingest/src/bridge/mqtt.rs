@@ -22,6 +22,17 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publ
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Capacity of rumqttc's request channel on the uplink connection (the
+/// PUBACKs go through it). rumqttc writes at most one request per poll and
+/// returns every buffered incoming packet first, so after a burst (e.g.
+/// the backlog of a Kafka outage) acks can pile up faster than they are
+/// written; a full channel would make `try_ack` fail and leave the message
+/// unacked until the next reconnect, and the broker's window with it. Each
+/// queued ack names a distinct packet id the broker still awaits on the
+/// connection, so 65,535 (the packet id space) plus room for the
+/// subscriptions is always enough. flume allocates as it fills.
+pub const REQUEST_CAPACITY: usize = 65_535 + 16;
+
 /// What the reader tells the uplink, in connection order.
 #[derive(Debug)]
 pub enum MqttEvent {

@@ -2,16 +2,25 @@
 //! while [`InFlight`] has room, produces them, and acks each one only after
 //! Kafka confirmed it (see `inflight.rs` for ordering and retries).
 //!
+//! Producer replacement: [`ProducerHealth`] watches the current
+//! producer's delivery outcomes; when it says so (lost idempotence state,
+//! or timeouts in a row) a new producer is built, the old one is purged and
+//! dropped off the runtime, and every unacked message is produced again in
+//! receive order ([`InFlight::fail_all`]). Nothing is acked in between that
+//! the new producer has not confirmed.
+//!
 //! Shutdown: stop taking new messages (the ones the reader still hands over
 //! are dropped unacked, so the broker keeps them in our session), wait for
 //! the in-flight ones up to the drain deadline, write the acks and a
 //! DISCONNECT, return.
 
+use super::health::{self, ProducerHealth, Verdict};
 use super::inflight::{Admit, InFlight};
 use super::kafka::{self, QuietContext};
 use super::mqtt::{self, MqttEvent};
 use super::record::{self, Destination, Meta, Route};
 use super::BridgeMetrics;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rumqttc::{AsyncClient, Publish, QoS};
@@ -28,7 +37,24 @@ pub struct Pending {
     meta: Meta,
 }
 
-type Report = (u64, u32, Result<(), String>);
+/// A delivery outcome: entry id, attempt, and the error (its librdkafka
+/// code if any).
+type Report = (u64, u32, Result<(), DeliveryError>);
+
+#[derive(Debug)]
+struct DeliveryError {
+    code: Option<RDKafkaErrorCode>,
+    text: String,
+}
+
+impl DeliveryError {
+    fn new(e: &KafkaError) -> DeliveryError {
+        DeliveryError {
+            code: e.rdkafka_error_code(),
+            text: e.to_string(),
+        }
+    }
+}
 
 /// The MQTT → Kafka task.
 #[allow(missing_debug_implementations)]
@@ -49,6 +75,7 @@ pub struct Uplink {
 struct Run {
     inflight: InFlight<Pending>,
     deliveries: JoinSet<Report>,
+    health: ProducerHealth,
     epoch: Instant,
 }
 
@@ -57,6 +84,7 @@ impl Uplink {
         let mut run = Run {
             inflight: InFlight::new(self.max_in_flight),
             deliveries: JoinSet::new(),
+            health: ProducerHealth::new(),
             epoch: Instant::now(),
         };
         let mut stopping: Option<Instant> = None;
@@ -161,6 +189,10 @@ impl Uplink {
     }
 
     fn produce(&mut self, run: &mut Run, id: u64, attempt: u32) {
+        if !run.inflight.is_producing(id, attempt) {
+            // Rescheduled meanwhile (the producer was replaced).
+            return;
+        }
         let Some((key, pending)) = run.inflight.get(id) else {
             return;
         };
@@ -185,8 +217,11 @@ impl Uplink {
                 run.deliveries.spawn(async move {
                     let result = match delivery.await {
                         Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, _))) => Err(e.to_string()),
-                        Err(_) => Err("the producer was dropped".to_string()),
+                        Ok(Err((e, _))) => Err(DeliveryError::new(&e)),
+                        Err(_) => Err(DeliveryError {
+                            code: None,
+                            text: "the producer was dropped".to_string(),
+                        }),
                     };
                     (id, attempt, result)
                 });
@@ -194,7 +229,7 @@ impl Uplink {
             Err((e, _)) => {
                 // Queue full or a fatal producer: a failed attempt, retried.
                 let now = run.now_ms();
-                self.failed(run, id, attempt, now, &e);
+                self.failed(run, id, attempt, now, DeliveryError::new(&e));
             }
         }
     }
@@ -203,48 +238,68 @@ impl Uplink {
         match result {
             Ok(()) => {
                 if run.inflight.delivered(id, attempt) {
+                    run.health.delivered();
                     self.metrics.messages_out.inc();
                     self.release(run);
                 }
             }
             Err(e) => {
                 let now = run.now_ms();
-                self.failed(run, id, attempt, now, &e);
+                self.failed(run, id, attempt, now, e);
             }
         }
     }
 
-    fn failed(
-        &mut self,
-        run: &mut Run,
-        id: u64,
-        attempt: u32,
-        now: u64,
-        error: &dyn std::fmt::Display,
-    ) {
+    fn failed(&mut self, run: &mut Run, id: u64, attempt: u32, now: u64, error: DeliveryError) {
         if !run.inflight.failed(id, attempt, now) {
             return;
         }
         self.metrics.delivery_failures.inc();
         let key = run.inflight.get(id).map(|(k, _)| k).unwrap_or_default();
         log::warn!(
-            "uplink: Kafka delivery failed for {key} (attempt {}): {error}; retrying it and \
+            "uplink: Kafka delivery failed for {key} (attempt {}): {}; retrying it and \
              later messages of its topic in order",
-            attempt + 1
+            attempt + 1,
+            error.text
         );
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            log::error!(
-                "uplink: the Kafka producer hit a fatal error ({code:?}: {reason}); replacing it"
-            );
-            match kafka::client_config(&self.producer_properties)
-                .create_with_context::<_, FutureProducer<QuietContext>>(QuietContext::default())
-            {
-                Ok(p) => {
-                    self.producer = p;
-                    run.inflight.fail_all(now + super::inflight::RETRY_FIRST_MS);
-                }
-                Err(e) => log::error!("uplink: cannot create a new Kafka producer: {e}"),
+        let fatal = self.producer.client().fatal_error();
+        if let Some((code, reason)) = &fatal {
+            log::error!("uplink: the Kafka producer hit a fatal error ({code:?}: {reason})");
+        }
+        let verdict = run
+            .health
+            .failed(health::classify(error.code), fatal.is_some());
+        if verdict == Verdict::Replace {
+            self.replace_producer(run, now);
+        }
+    }
+
+    /// Builds a new producer, drops the old one off the runtime (its drop
+    /// purges its queues and joins its thread, which may block briefly) and
+    /// schedules every unacked message again, in receive order.
+    fn replace_producer(&mut self, run: &mut Run, now: u64) {
+        let fresh = kafka::client_config(&self.producer_properties)
+            .create_with_context::<_, FutureProducer<QuietContext>>(QuietContext::default());
+        match fresh {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut self.producer, fresh);
+                tokio::task::spawn_blocking(move || drop(old));
+                run.health.replaced();
+                run.inflight
+                    .fail_all(now.saturating_add(super::inflight::RETRY_FIRST_MS));
+                self.metrics.producer_replacements.inc();
+                log::warn!(
+                    "uplink: replaced the Kafka producer (replacement {}; the broker no longer \
+                     accepts the old one's records); producing the {} unacked message(s) again \
+                     in order",
+                    run.health.replacements(),
+                    run.inflight.len()
+                );
             }
+            Err(e) => log::error!(
+                "uplink: cannot create a new Kafka producer: {e}; keeping the old one and \
+                 trying again on the next failure"
+            ),
         }
     }
 
