@@ -110,6 +110,9 @@ pub struct Journal {
     journaled: backlog::Size,
 }
 
+/// Retention deletes at most this many events per transaction.
+const RETENTION_CHUNK: i64 = 5000;
+
 /// Fault injection for tests: limits the database to a number of pages, so
 /// SQLite reports SQLITE_FULL exactly as on a full disk. 0 means no limit.
 /// Clones share the limit; the journal applies it at its next commit.
@@ -306,13 +309,37 @@ impl Journal {
     ) -> Result<usize, JournalError> {
         let cutoff = codec::to_sql_int(now_ms.saturating_sub(max_age_ms))?;
         let keep = codec::to_sql_int(max_events)?;
-        let n = self.conn.execute(
-            "DELETE FROM events WHERE published = 1 AND (
-                 ts_ms < ?1 OR id <= (SELECT id FROM events WHERE published = 1
-                                      ORDER BY id DESC LIMIT 1 OFFSET ?2))",
-            params![cutoff, keep],
-        )?;
-        Ok(n)
+        // Newest published id beyond the `max_events` kept; none: keep all.
+        let beyond: i64 = self
+            .conn
+            .query_row(
+                "SELECT id FROM events WHERE published = 1 ORDER BY id DESC LIMIT 1 OFFSET ?1",
+                params![keep],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(i64::MIN);
+        // In id ranges of at most RETENTION_CHUNK rows, each its own
+        // transaction: one DELETE of a million rows held ~24 MiB of heap.
+        let (mut deleted, mut after) = (0, i64::MIN);
+        loop {
+            let last: Option<i64> = self.conn.query_row(
+                "SELECT max(id) FROM (SELECT id FROM events
+                 WHERE id > ?1 AND published = 1 AND (ts_ms < ?2 OR id <= ?3)
+                 ORDER BY id LIMIT ?4)",
+                params![after, cutoff, beyond, RETENTION_CHUNK],
+                |r| r.get(0),
+            )?;
+            let Some(last) = last else {
+                return Ok(deleted);
+            };
+            deleted += self.conn.execute(
+                "DELETE FROM events
+                 WHERE id > ?1 AND id <= ?2 AND published = 1 AND (ts_ms < ?3 OR id <= ?4)",
+                params![after, last, cutoff, beyond],
+            )?;
+            after = last;
+        }
     }
 
     /// Marks events published (used by the uplink and by tests).

@@ -180,6 +180,45 @@ fn retention_deletes_only_published_events() {
 }
 
 #[test]
+fn retention_spanning_many_chunks_keeps_the_newest_and_every_unpublished_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let mut j = Journal::open(&path, &opts()).expect("open").journal;
+    {
+        let c = Connection::open(&path).expect("open");
+        c.execute_batch("BEGIN").expect("begin");
+        for id in 1..=12_345i64 {
+            // Every 7th event is still unpublished, spread through the range.
+            let published = i64::from(id % 7 != 0);
+            c.execute(
+                "INSERT INTO events (id, session_id, device_id, seq, ts_ms, kind, payload, published)
+                 VALUES (?1, 's', 'd', ?1, 0, 'changed', x'00', ?2)",
+                rusqlite::params![id, published],
+            )
+            .expect("insert");
+        }
+        c.execute_batch("COMMIT").expect("commit");
+    }
+    let published = count(&path, "SELECT count(*) FROM events WHERE published = 1");
+    let unpublished = count(&path, "SELECT count(*) FROM events WHERE published = 0");
+    // Nothing is old by age; keep the newest 100 published events.
+    let deleted = j.apply_retention(0, u64::MAX, 100).expect("retention");
+    assert_eq!(deleted as i64, published - 100);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM events WHERE published = 1"),
+        100
+    );
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM events WHERE published = 0"),
+        unpublished
+    );
+    assert_eq!(
+        count(&path, "SELECT min(id) FROM events WHERE published = 1"),
+        12_230
+    );
+}
+
+#[test]
 fn the_reader_finds_devices_by_prefix_and_reports_ambiguity_and_absence() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
