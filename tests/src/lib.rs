@@ -18,3 +18,11 @@ pub mod postgres;
 pub mod tansu;
 pub mod tls_certs;
 pub mod umockdev;
+
+/// The last `n` lines of a log file (empty if it cannot be read); every
+/// harness shows one when a test fails.
+pub fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -320,9 +320,7 @@ impl Mosquitto {
 
     /// The last 60 lines of the log.
     pub fn log_tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        crate::log_tail(&self.log, 60)
     }
 }
 

@@ -407,9 +407,7 @@ impl Tansu {
 
     /// The last 40 lines of the log.
     pub fn log_tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        crate::log_tail(&self.log, 40)
     }
 }
 

@@ -225,9 +225,7 @@ impl Bridge {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        rae_tests::log_tail(&self.config.log, 40)
     }
 }
 

@@ -274,9 +274,7 @@ impl Registry {
     }
 
     pub fn log_tail(&self) -> String {
-        let t = self.log_text();
-        let l: Vec<&str> = t.lines().collect();
-        l[l.len().saturating_sub(60)..].join("\n")
+        rae_tests::log_tail(&self.log, 60)
     }
 }
 
