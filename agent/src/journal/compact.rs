@@ -34,11 +34,13 @@ impl Journal {
         })
     }
 
-    /// Compacts the unpublished backlog if it exceeds `bounds`.
-    pub fn compact(&mut self, bounds: Bounds) -> Result<CompactionReport, JournalError> {
+    /// Compacts the unpublished backlog if it exceeds `bounds`. Returns what
+    /// it did and the exact backlog size afterwards; the backlog is read in
+    /// full only once unless a compaction actually ran.
+    pub fn compact(&mut self, bounds: Bounds) -> Result<(CompactionReport, Size), JournalError> {
         let size = self.backlog_size()?;
         if size.events <= bounds.max_events && size.bytes <= bounds.max_bytes {
-            return Ok(CompactionReport::default());
+            return Ok((CompactionReport::default(), size));
         }
         let entries = unpublished(&self.conn)?;
         let conn = &self.conn;
@@ -46,17 +48,18 @@ impl Journal {
             has_base(conn, session).unwrap_or(false)
         });
         if plan.is_empty() {
-            return Ok(CompactionReport::default());
+            return Ok((CompactionReport::default(), size));
         }
         let tx = self.conn.transaction()?;
         execute(&tx, &plan, &self.rae_id)?;
         tx.commit()?;
-        Ok(CompactionReport {
+        let report = CompactionReport {
             covered: plan.covered.len(),
             folded: plan.folds.iter().map(|f| f.delete.len() + 1).sum(),
             dropped: plan.dropped.len(),
             needs_checkpoint: plan.needs_checkpoint,
-        })
+        };
+        Ok((report, self.backlog_size()?))
     }
 }
 

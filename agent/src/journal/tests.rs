@@ -275,7 +275,7 @@ fn a_backlog_over_its_bound_is_compacted_and_still_rebuilds_every_devices_state(
     let t = reg.expire(10_000);
     j.commit(&t, 10_000).expect("commit");
     reg.apply(t);
-    let report = j
+    let (report, size) = j
         .compact(Bounds {
             max_events: 20,
             max_bytes: u64::MAX,
@@ -283,7 +283,14 @@ fn a_backlog_over_its_bound_is_compacted_and_still_rebuilds_every_devices_state(
         .expect("compact");
     assert!(report.folded > 0 && report.dropped == 0, "{report:?}");
     let r = JournalReader::open(&path).expect("reader");
-    assert!(r.stats().expect("stats").unpublished <= 20);
+    let unpublished = r.stats().expect("stats").unpublished;
+    assert!(unpublished <= 20);
+    assert_eq!(
+        size,
+        j.backlog_size().expect("size"),
+        "size after compaction"
+    );
+    assert_eq!(size.events, unpublished);
     // Rebuild what a consumer would see from the remaining events.
     let mut seen: BTreeMap<String, (Attrs, u64, bool)> = BTreeMap::new();
     for d in reg.devices() {
@@ -331,7 +338,7 @@ fn when_folding_is_not_enough_the_oldest_deltas_are_dropped_and_reported() {
             i,
         );
     }
-    let report = j
+    let (report, size) = j
         .compact(Bounds {
             max_events: 12,
             max_bytes: u64::MAX,
@@ -339,6 +346,10 @@ fn when_folding_is_not_enough_the_oldest_deltas_are_dropped_and_reported() {
         .expect("compact");
     assert_eq!(report.dropped, 8);
     assert_eq!(report.needs_checkpoint.len(), 8);
+    assert_eq!(
+        size.events, 12,
+        "the size returned is the one after compaction"
+    );
     assert_eq!(
         count(&path, "SELECT count(*) FROM events WHERE kind = 'attached'"),
         10

@@ -120,6 +120,7 @@ pub fn build_supervised(
     let (probe_tx, probe_rx) = mpsc::channel(PROBE_CHANNEL_CAPACITY);
     let (command_tx, command_rx) = mpsc::channel(16);
     let journal_changed = Arc::new(Notify::new());
+    let (backlog_checked, backlog_checked_rx) = watch::channel(false);
     let uplink_status = settings
         .mqtt
         .enabled()
@@ -164,6 +165,7 @@ pub fn build_supervised(
             commands: command_rx,
             journal_changed: journal_changed.clone(),
             uplink_status: uplink_status.clone(),
+            backlog_checked,
         }
         .run(),
     );
@@ -182,6 +184,7 @@ pub fn build_supervised(
                     journal_changed,
                     status,
                     shutdown: shutdown_rx.clone(),
+                    backlog_checked: backlog_checked_rx,
                 }
                 .run(),
             );

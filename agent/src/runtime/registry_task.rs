@@ -61,6 +61,9 @@ pub struct RegistryTask {
     pub journal_changed: Arc<Notify>,
     /// The uplink's status, copied into `status.json`.
     pub uplink_status: Option<Arc<Mutex<UplinkStatus>>>,
+    /// Set once the startup backlog check (count, and compaction if over
+    /// the bound) is done; the uplink starts draining only then.
+    pub backlog_checked: watch::Sender<bool>,
 }
 
 impl RegistryTask {
@@ -70,6 +73,13 @@ impl RegistryTask {
         retention.reset();
         let mut compaction = tokio::time::interval(COMPACTION_INTERVAL);
         let mut backlog = BacklogEstimate::unknown();
+        // Before the uplink drains: a restart with an over-bound backlog
+        // compacts first, and the one full read of the backlog does not
+        // overlap the drain (which, for a 1M backlog, cost ~3 MiB of peak
+        // RSS in the uplink's page cache; docs/BENCHMARKS.md).
+        self.compact(&mut backlog).await;
+        compaction.reset();
+        let _ = self.backlog_checked.send(true);
         loop {
             let expiry = self
                 .registry
@@ -246,13 +256,11 @@ impl RegistryTask {
         if !backlog.needs_count(self.retention.backlog, now, journaled, published) {
             return;
         }
-        let report = self.journal.compact(self.retention.backlog);
-        match self.journal.backlog_size() {
-            Ok(size) => backlog.counted(size, now, journaled, published),
-            Err(e) => warn!("cannot count the backlog: {e}"),
-        }
-        let report = match report {
-            Ok(r) => r,
+        let report = match self.journal.compact(self.retention.backlog) {
+            Ok((report, size)) => {
+                backlog.counted(size, now, journaled, published);
+                report
+            }
             Err(e) => {
                 warn!("backlog compaction failed: {e}");
                 return;

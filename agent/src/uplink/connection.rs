@@ -18,7 +18,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 const FETCH_BATCH: usize = 256;
+/// The next fetch is asked for when the queue falls to this many rows, so
+/// the window never waits for the store thread during a drain.
+const REFILL_AT: usize = FETCH_BATCH / 2;
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Acknowledged events go to the store thread (and into the status) in
+/// batches: at most this late, or a window's worth at once.
+const ACK_FLUSH: Duration = Duration::from_millis(5);
 
 /// What a packet id stands for until its PUBACK.
 #[derive(Debug, Clone, Copy)]
@@ -34,11 +40,26 @@ pub(crate) struct Connection<'a> {
     shutdown: watch::Receiver<bool>,
     queue: VecDeque<OutboxRow>,
     cursor: i64,
+    /// Set when the queue was dropped and `cursor` moved back: a fetch
+    /// already asked for (rows after the old cursor) must be discarded.
+    stale_fetch: bool,
     awaiting_pkid: VecDeque<Sent>,
     inflight: HashMap<u16, Sent>,
     /// Events sent and not yet fully acknowledged, by journal id.
     outstanding: HashMap<i64, Outstanding>,
+    /// Fully acknowledged, not yet handed to the store (see [`ACK_FLUSH`]);
+    /// handed over at the latest when the connection is dropped.
+    acked: Acked,
     connected: bool,
+}
+
+/// Acknowledged events waiting to be handed to the store thread.
+#[derive(Debug, Default)]
+struct Acked {
+    ids: Vec<i64>,
+    bytes: u64,
+    checkpoints: u64,
+    due: Option<Instant>,
 }
 
 type Fetch = oneshot::Receiver<Fetched>;
@@ -65,9 +86,11 @@ impl<'a> Connection<'a> {
             shutdown: up.shutdown.clone(),
             queue: VecDeque::new(),
             cursor: 0,
+            stale_fetch: false,
             awaiting_pkid: VecDeque::new(),
             inflight: HashMap::new(),
             outstanding: HashMap::new(),
+            acked: Acked::default(),
             connected: false,
         }
     }
@@ -123,10 +146,17 @@ impl<'a> Connection<'a> {
         let mut idle = false;
         let mut drain_deadline: Option<Instant> = None;
         loop {
+            if self.acked.ids.len() >= window {
+                self.flush_acked();
+            }
             if drain_deadline.is_none() {
                 self.send_queued(&client, window);
             }
-            if drain_deadline.is_none() && self.queue.is_empty() && fetch.is_none() && !idle {
+            if std::mem::take(&mut self.stale_fetch) {
+                fetch = None;
+            }
+            if drain_deadline.is_none() && self.queue.len() <= REFILL_AT && fetch.is_none() && !idle
+            {
                 fetch = Some(self.fetch());
             }
             if drain_deadline.is_some() && self.outstanding.is_empty() {
@@ -155,6 +185,7 @@ impl<'a> Connection<'a> {
                 }
                 _ = self.up.journal_changed.notified(), if idle => idle = false,
                 _ = tokio::time::sleep(IDLE_POLL), if idle => idle = false,
+                _ = sleep_until(self.acked.due), if self.acked.due.is_some() => self.flush_acked(),
                 _ = checkpoints.tick() => self.request_checkpoint(None),
                 _ = self.shutdown.changed(), if drain_deadline.is_none() => {
                     let ms = self.up.settings.drain_timeout_ms;
@@ -230,6 +261,7 @@ impl<'a> Connection<'a> {
                 // still has it; nothing before it is skipped).
                 self.queue.clear();
                 self.cursor = id - 1;
+                self.stale_fetch = true;
                 return;
             }
             self.awaiting_pkid.push_back(Sent::Event(id));
@@ -285,15 +317,29 @@ impl<'a> Connection<'a> {
         }
         let out = *out;
         self.outstanding.remove(&id);
-        self.store.mark(id);
+        self.acked.ids.push(id);
+        self.acked.bytes += out.bytes;
+        self.acked.checkpoints += u64::from(out.checkpoint);
+        self.acked
+            .due
+            .get_or_insert_with(|| Instant::now() + ACK_FLUSH);
+    }
+
+    /// Hands the acknowledged events to the store thread and counts them in
+    /// the status.
+    fn flush_acked(&mut self) {
+        let acked = std::mem::take(&mut self.acked);
+        if acked.ids.is_empty() {
+            return;
+        }
+        let n = acked.ids.len() as u64;
+        self.store.mark(acked.ids);
         let now = crate::timefmt::now_ms();
         self.update(|s| {
-            s.published += 1;
-            s.published_bytes += out.bytes;
+            s.published += n;
+            s.published_bytes += acked.bytes;
             s.last_puback_ms = Some(now);
-            if out.checkpoint {
-                s.checkpoints += 1;
-            }
+            s.checkpoints += acked.checkpoints;
         });
     }
 
@@ -383,6 +429,13 @@ fn describe(e: &rumqttc::ConnectionError) -> String {
     match hint {
         Some(h) => format!("{h} ({text})"),
         None => text,
+    }
+}
+
+impl Drop for Connection<'_> {
+    /// Whatever way the connection ends, acknowledged events are marked.
+    fn drop(&mut self) {
+        self.flush_acked();
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Uplink {
     pub journal_changed: Arc<Notify>,
     pub status: Arc<Mutex<UplinkStatus>>,
     pub shutdown: watch::Receiver<bool>,
+    /// Becomes `true` once the registry task's startup backlog check is
+    /// done; nothing is sent before (see `RegistryTask::backlog_checked`).
+    pub backlog_checked: watch::Receiver<bool>,
 }
 
 /// How a connection ended.
@@ -62,6 +65,11 @@ impl Uplink {
             return;
         };
         self.update(|s| s.broker = broker.url.clone());
+        let mut checked = self.backlog_checked.clone();
+        tokio::select! {
+            r = checked.wait_for(|done| *done) => if r.is_err() { return },
+            _ = self.shutdown.changed() => return,
+        }
         let outbox = match open_outbox(self.journal_path.clone()).await {
             Ok(o) => o,
             Err(e) => {
