@@ -1,8 +1,11 @@
 //! Configuration in two stages: [`RawConfig`] is the TOML file exactly as
 //! written (unknown keys are errors), [`Settings`] the validated result.
-//! Validation touches neither disk nor network. `cloud-ingest/examples/
-//! cloud-ingest.toml` shows every key with its default and is parsed by a
-//! test.
+//! Validation ([`parse`]) touches neither disk nor network; [`load`] then
+//! also checks the files the config names (TLS certificates and keys:
+//! readable, PEM, key matching certificate), so `check-config` and every
+//! subcommand's start fail with exit 64 on a bad one. `cloud-ingest/
+//! examples/cloud-ingest.toml` shows every key with its default and is
+//! parsed by a test. TLS per connection: docs/CLOUD.md, "TLS".
 //!
 //! Sections: `[mqtt]` (bridge only), `[kafka]` (both), `[database]`
 //! (registry, migrate, devices), `[registry]`, `[metrics]`.
@@ -59,7 +62,8 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMqtt {
-    /// Broker URL, `mqtt://host:port` (default port 1883). Default:
+    /// Broker URL, `mqtt://host[:port]` (default port 1883) or
+    /// `mqtts://host[:port]` (TLS, default port 8883). Default:
     /// `mqtt://127.0.0.1:1883`.
     pub broker: Option<String>,
     /// MQTT client id; `{client_id}-commands` is used for the command
@@ -84,6 +88,13 @@ pub struct RawMqtt {
     /// Username and password. Default: none.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// PEM CA certificate(s) that sign the broker's certificate; required
+    /// for (and only allowed with) `mqtts://`. Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and its key, for brokers that require mutual
+    /// TLS; both or neither, `mqtts://` only. Default: none.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// `[kafka]`: the Kafka (or Kafka-protocol) cluster.
@@ -105,7 +116,8 @@ pub struct RawKafka {
     /// Consumer group of the bridges' command downlink. Default: `rae-bridge`.
     pub bridge_group: Option<String>,
     /// Extra librdkafka properties (TLS, SASL, tuning), passed through
-    /// unchanged. Default: none.
+    /// unchanged; the files of `ssl.ca.location`, `ssl.certificate.location`
+    /// and `ssl.key.location` must be readable. Default: none.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -115,7 +127,11 @@ pub struct RawKafka {
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     /// A libpq-style URL or key=value string. Default:
-    /// `postgresql://rae@127.0.0.1:26257/rae` (CockroachDB's port).
+    /// `postgresql://rae@127.0.0.1:26257/rae` (CockroachDB's port). TLS is
+    /// set in it the libpq way: `sslmode` (`disable`, the default;
+    /// `require`, `verify-ca`, `verify-full`), `sslrootcert` (CA file),
+    /// `sslcert` + `sslkey` (client certificate, e.g. CockroachDB's
+    /// `client.<user>.crt`). See docs/CLOUD.md, "TLS".
     pub url: Option<String>,
     /// Database retries back off from 0.1 s up to this. Default: 30.
     pub retry_max_backoff_secs: Option<u64>,
@@ -167,6 +183,26 @@ pub struct MqttSettings {
     pub max_in_flight: u16,
     pub reconnect_max_backoff_secs: u64,
     pub credentials: Option<(String, String)>,
+    /// Set for `mqtts://`.
+    pub tls: Option<MqttTls>,
+}
+
+/// The TLS files of an `mqtts://` broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTls {
+    pub ca_file: PathBuf,
+    /// Client certificate and key (mutual TLS).
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+impl MqttTls {
+    /// The rustls configuration (reads the files).
+    pub fn client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, rae_tls::TlsError> {
+        rae_tls::client_config(
+            Some(&self.ca_file),
+            rae_tls::ClientAuth::from_pair(self.client_auth.as_ref()),
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -183,7 +219,11 @@ pub struct KafkaSettings {
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
+    /// As written (TLS parameters included; [`crate::db::connect`] splits
+    /// them off again).
     pub url: String,
+    /// The TLS part of `url`.
+    pub tls: crate::db::tls::DbTls,
     pub retry_max_backoff_secs: u64,
 }
 
@@ -201,13 +241,59 @@ pub struct MetricsSettings {
     pub registry_listen: Option<SocketAddr>,
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file, then checks the files it names
+/// ([`check_files`]).
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path)
+    let settings = parse(&text, path)?;
+    check_files(&settings)?;
+    Ok(settings)
+}
+
+/// The librdkafka properties that name files.
+const KAFKA_FILE_PROPERTIES: [&str; 3] = [
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+];
+
+/// Checks the TLS files of every section by loading them as the
+/// connections will (readable, PEM, key matching certificate); for Kafka,
+/// that the files librdkafka will open are readable. Touches disk only.
+pub fn check_files(s: &Settings) -> Result<(), ConfigError> {
+    if let Some(tls) = &s.mqtt.tls {
+        tls.client_config().map_err(|e| {
+            invalid(
+                "mqtt.ca_file/client_cert_file/client_key_file",
+                format!("cannot be loaded: {e}"),
+            )
+        })?;
+    }
+    crate::db::tls::client_config(&s.database.tls).map_err(|e| {
+        invalid(
+            "database.url",
+            format!("has TLS files that cannot be loaded: {e}"),
+        )
+    })?;
+    for key in KAFKA_FILE_PROPERTIES {
+        let Some(file) = s.kafka.properties.get(key) else {
+            continue;
+        };
+        // librdkafka also accepts "probe" (system CA locations) for the CA.
+        if key == "ssl.ca.location" && file == "probe" {
+            continue;
+        }
+        if let Err(e) = std::fs::File::open(file) {
+            return Err(invalid(
+                &format!("kafka.properties.{key:?}"),
+                format!("names {file:?}, which cannot be read: {e}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses and validates config text; `path` is only used in messages.
@@ -256,7 +342,7 @@ fn validate_mqtt(raw: RawMqtt) -> Result<MqttSettings, ConfigError> {
     let broker_url = raw
         .broker
         .unwrap_or_else(|| "mqtt://127.0.0.1:1883".to_string());
-    let (host, port) = parse_mqtt_url(&broker_url)?;
+    let (host, port, is_tls) = parse_mqtt_url(&broker_url)?;
     let share_group = raw.share_group.unwrap_or_else(|| "rae-bridge".to_string());
     if share_group.is_empty() || share_group.contains(['/', '+', '#']) {
         return Err(invalid(
@@ -276,6 +362,37 @@ fn validate_mqtt(raw: RawMqtt) -> Result<MqttSettings, ConfigError> {
         (None, Some(_)) => return Err(invalid("mqtt.password", "is set without mqtt.username")),
         (None, None) => None,
     };
+    let client_auth = match (raw.client_cert_file, raw.client_key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "mqtt.client_cert_file",
+                "and mqtt.client_key_file must be set together",
+            ))
+        }
+    };
+    let tls = match (is_tls, raw.ca_file) {
+        (true, Some(ca_file)) => Some(MqttTls {
+            ca_file,
+            client_auth,
+        }),
+        (true, None) => {
+            return Err(invalid(
+                "mqtt.ca_file",
+                "is required for an mqtts:// broker",
+            ))
+        }
+        (false, ca_file) => {
+            if ca_file.is_some() || client_auth.is_some() {
+                return Err(invalid(
+                    "mqtt.broker",
+                    "uses mqtt:// but TLS files are set; use mqtts://",
+                ));
+            }
+            None
+        }
+    };
     Ok(MqttSettings {
         broker_url,
         host,
@@ -294,23 +411,29 @@ fn validate_mqtt(raw: RawMqtt) -> Result<MqttSettings, ConfigError> {
             1..=3600,
         )?,
         credentials,
+        tls,
     })
 }
 
-fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
-    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-        invalid(
-            "mqtt.broker",
-            format!("is {url:?}; expected mqtt://host[:port]"),
-        )
-    })?;
+/// `mqtt://host[:port]` or `mqtts://host[:port]` → host, port, TLS.
+fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), ConfigError> {
+    let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => {
+            return Err(invalid(
+                "mqtt.broker",
+                format!("is {url:?}; expected mqtt://host[:port] or mqtts://host[:port]"),
+            ))
+        }
+    };
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (
             h,
             p.parse::<u16>()
                 .map_err(|_| invalid("mqtt.broker", format!("has an invalid port in {url:?}")))?,
         ),
-        None => (rest, 1883),
+        None => (rest, if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() || host.contains('/') {
         return Err(invalid(
@@ -318,7 +441,7 @@ fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
             format!("has no valid host in {url:?}"),
         ));
     }
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
 }
 
 fn hostname() -> String {
@@ -373,7 +496,15 @@ fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> 
     if url.trim().is_empty() {
         return Err(invalid("database.url", "is empty"));
     }
+    let target = crate::db::tls::DbTarget::parse(&url).map_err(|e| invalid("database.url", e))?;
+    if let Err(e) = target.conn.parse::<tokio_postgres::Config>() {
+        return Err(invalid(
+            "database.url",
+            format!("is not a valid connection string: {e}"),
+        ));
+    }
     Ok(DatabaseSettings {
+        tls: target.tls,
         url,
         retry_max_backoff_secs: in_range(
             "database.retry_max_backoff_secs",
@@ -484,6 +615,87 @@ mod tests {
     fn empty_metrics_listen_disables_the_endpoint() {
         let s = parse_str("[metrics]\nbridge_listen = \"\"\n").unwrap();
         assert_eq!(s.metrics.bridge_listen, None);
+    }
+
+    #[test]
+    fn mqtts_brokers_need_a_ca_file_and_default_to_port_8883() {
+        let s = parse_str(
+            "[mqtt]\nbroker = \"mqtts://b\"\nca_file = \"/ca.pem\"\n\
+             client_cert_file = \"/c.pem\"\nclient_key_file = \"/c.key\"\n",
+        )
+        .unwrap();
+        assert_eq!((s.mqtt.host.as_str(), s.mqtt.port), ("b", 8883));
+        let tls = s.mqtt.tls.unwrap();
+        assert_eq!(tls.ca_file, PathBuf::from("/ca.pem"));
+        assert_eq!(
+            tls.client_auth,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/c.key")))
+        );
+        assert!(parse_str("").unwrap().mqtt.tls.is_none());
+        for (toml, key) in [
+            ("broker = \"mqtts://b\"\n", "`mqtt.ca_file` is required"),
+            (
+                "broker = \"mqtt://b\"\nca_file = \"/ca.pem\"\n",
+                "`mqtt.broker` uses mqtt:// but TLS files are set",
+            ),
+            (
+                "broker = \"mqtts://b\"\nca_file = \"/ca.pem\"\nclient_cert_file = \"/c\"\n",
+                "`mqtt.client_cert_file` and mqtt.client_key_file",
+            ),
+        ] {
+            let e = parse_str(&format!("[mqtt]\n{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn database_url_tls_conflicts_and_bad_strings_name_the_key() {
+        let s = parse_str(
+            "[database]\nurl = \"postgresql://rae@db:26257/rae?sslmode=verify-full&sslrootcert=/ca.crt\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.database.tls.mode, crate::db::tls::SslMode::VerifyFull);
+        let e = parse_str("[database]\nurl = \"host=db sslmode=prefer\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`database.url` has sslmode=prefer"), "{e}");
+        let e = parse_str("[database]\nurl = \"host=db sslpassword=x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`database.url` is not a valid connection string"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_tls_files_fail_the_file_check_with_the_key_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let m = missing.display();
+        for (toml, key) in [
+            (
+                format!("[mqtt]\nbroker = \"mqtts://b\"\nca_file = \"{m}\"\n"),
+                "`mqtt.ca_file/client_cert_file/client_key_file` cannot be loaded: cannot read",
+            ),
+            (
+                format!("[database]\nurl = \"host=db sslmode=verify-full sslrootcert={m}\"\n"),
+                "`database.url` has TLS files that cannot be loaded: cannot read",
+            ),
+            (
+                format!("[kafka.properties]\n\"ssl.ca.location\" = \"{m}\"\n"),
+                "`kafka.properties.\"ssl.ca.location\"` names",
+            ),
+        ] {
+            let s = parse_str(&toml).unwrap();
+            let e = check_files(&s).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(&m.to_string()), "{toml}: {e}");
+        }
+        let s = parse_str("[kafka.properties]\n\"ssl.ca.location\" = \"probe\"\n").unwrap();
+        check_files(&s).unwrap();
+        check_files(&parse_str("").unwrap()).unwrap();
     }
 
     #[test]

@@ -13,7 +13,14 @@
 //!   with `fsync=off` (test speed; durability is not what these tests
 //!   check). [`Postgres::stop`] / [`Postgres::start_again`] inject a
 //!   database outage; dropping it stops the server (immediate mode).
+//! * [`Postgres::start_tls`] makes TCP TLS-only (`ssl = on` with the
+//!   server certificate of a [`TlsCerts`], which names `127.0.0.1` and
+//!   `localhost`; `hostssl` accepted, `hostnossl` rejected), optionally
+//!   requiring a client certificate signed by the test CA whose CN is the
+//!   user (`cert` authentication, as CockroachDB does). The harness's own
+//!   [`Postgres::query`] then goes over the Unix socket (trusted).
 
+use crate::tls_certs::TlsCerts;
 use anyhow::{bail, ensure, Context, Result};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -33,6 +40,8 @@ pub struct Postgres {
     log: PathBuf,
     port: u16,
     running: bool,
+    /// Started by [`Postgres::start_tls`].
+    tls: bool,
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`.
@@ -79,6 +88,19 @@ fn free_port() -> Result<u16> {
 impl Postgres {
     /// initdb + start in `dir` (created if needed) on a free port.
     pub fn start(dir: &Path) -> Result<Postgres> {
+        Self::start_with(dir, None)
+    }
+
+    /// [`Postgres::start`] with TCP TLS-only (see the module docs): the
+    /// server certificate and CA of `certs`; with `require_client_cert`,
+    /// connections must present a client certificate signed by that CA
+    /// whose CN is the user (e.g. [`TlsCerts::issue_client`] with CN
+    /// `postgres`).
+    pub fn start_tls(dir: &Path, certs: &TlsCerts, require_client_cert: bool) -> Result<Postgres> {
+        Self::start_with(dir, Some((certs, require_client_cert)))
+    }
+
+    fn start_with(dir: &Path, tls: Option<(&TlsCerts, bool)>) -> Result<Postgres> {
         let bin = bin_dir()?;
         std::fs::create_dir_all(dir)?;
         let data = dir.join("pgdata");
@@ -94,6 +116,7 @@ impl Postgres {
             data,
             port: 0,
             running: false,
+            tls: tls.is_some(),
         };
         if is_root() {
             // The log file is written by the server user.
@@ -121,6 +144,9 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((certs, require_client_cert)) = tls {
+            pg.configure_tls(certs, require_client_cert)?;
+        }
         let mut last = None;
         for _ in 0..3 {
             pg.port = free_port()?;
@@ -130,6 +156,47 @@ impl Postgres {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("postgres did not start")))
+    }
+
+    /// Copies the server certificate, its key and the CA into the data
+    /// directory (owned by the server user, key 0600 as PostgreSQL
+    /// demands), turns `ssl` on and rewrites `pg_hba.conf`.
+    fn configure_tls(&self, certs: &TlsCerts, require_client_cert: bool) -> Result<()> {
+        for (from, to) in [
+            (&certs.server.cert, "server.crt"),
+            (&certs.server.key, "server.key"),
+            (&certs.ca, "root.crt"),
+        ] {
+            let to = self.data.join(to);
+            std::fs::copy(from, &to)
+                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+            if is_root() {
+                chown(&to)?;
+            }
+        }
+        let conf = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)?;
+        text.push_str(
+            "\n# rae_tests::postgres::start_tls\nssl = on\nssl_cert_file = 'server.crt'\n\
+             ssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n",
+        );
+        std::fs::write(&conf, text)?;
+        let method = if require_client_cert { "cert" } else { "trust" };
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            format!(
+                "# rae_tests::postgres::start_tls\nlocal all all trust\n\
+                 hostssl all all 127.0.0.1/32 {method}\nhostnossl all all 127.0.0.1/32 reject\n"
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Whether TCP is TLS-only ([`Postgres::start_tls`]).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> Result<Output> {
@@ -214,15 +281,30 @@ impl Postgres {
         self.port
     }
 
-    /// A libpq URL for the `postgres` database.
+    /// A libpq URL for the `postgres` database (plain TCP; a
+    /// [`Postgres::start_tls`] server needs TLS parameters added).
     pub fn url(&self) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// What [`Postgres::query`] connects with: [`Postgres::url`], or the
+    /// Unix socket in the data directory for a TLS server.
+    fn admin_conn(&self) -> String {
+        if self.tls {
+            format!(
+                "host={} port={} user=postgres dbname=postgres",
+                self.data.display(),
+                self.port
+            )
+        } else {
+            self.url()
+        }
     }
 
     /// Runs `sql` and returns every row as text columns (`NULL` → `None`).
     /// Uses the simple query protocol; several statements are allowed.
     pub fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
-        let url = self.url();
+        let url = self.admin_conn();
         let sql = sql.to_string();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

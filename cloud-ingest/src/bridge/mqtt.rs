@@ -1,5 +1,11 @@
-//! The uplink's MQTT connection: options, subscriptions and the
-//! [`Reader`] task that owns rumqttc's event loop.
+//! The uplink's MQTT connection: options (TLS for `mqtts://`),
+//! subscriptions and the [`Reader`] task that owns rumqttc's event loop.
+//!
+//! TLS: the rustls configuration is built from `[mqtt]`'s files (already
+//! checked when the config was loaded). Should that fail later (a file
+//! removed since), the connection gets a TLS configuration without a CA,
+//! which rumqttc refuses on every attempt (logged, retried) — never plain
+//! TCP.
 //!
 //! Session: `clean_session = false` with a stable client id. With QoS 1 the
 //! broker then keeps the subscription and queues messages while the bridge
@@ -70,7 +76,35 @@ pub fn options(s: &MqttSettings, client_id: &str, clean_session: bool) -> MqttOp
     if let Some((user, password)) = &s.credentials {
         o.set_credentials(user, password);
     }
+    if let Some(tls) = &s.tls {
+        let config = match tls.client_config() {
+            Ok(config) => rumqttc::TlsConfiguration::Rustls(config),
+            Err(e) => {
+                log::error!(
+                    "mqtt: TLS files cannot be loaded ({e}); every connection will fail \
+                     until they are fixed and the bridge restarted"
+                );
+                // No CA: rumqttc refuses each connection (NoValidCertInChain).
+                rumqttc::TlsConfiguration::Simple {
+                    ca: Vec::new(),
+                    alpn: None,
+                    client_auth: None,
+                }
+            }
+        };
+        o.set_transport(rumqttc::Transport::Tls(config));
+    }
     o
+}
+
+/// A connection error as logged: rumqttc's text, prefixed with what to do
+/// when it is a recognisable TLS failure.
+pub fn describe(e: &rumqttc::ConnectionError) -> String {
+    let text = e.to_string();
+    match rae_tls::hint(&text, "mqtt.client_cert_file and mqtt.client_key_file") {
+        Some(h) => format!("{h} ({text})"),
+        None => text,
+    }
 }
 
 /// Subscribes both filters at QoS 1 (queued; written by the event loop).
@@ -120,7 +154,7 @@ impl Reader {
                     if self
                         .tx
                         .send(MqttEvent::Lost {
-                            error: e.to_string(),
+                            error: describe(&e),
                             retry_in,
                         })
                         .await

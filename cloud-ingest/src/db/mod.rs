@@ -1,6 +1,7 @@
 //! Database access shared by `registry`, `migrate` and `devices`:
-//! connecting, the embedded migrations ([`migrate`]), the batch writer
-//! ([`write`]) and the queries ([`read`]).
+//! connecting (plain or TLS, from the URL's libpq parameters: [`tls`]),
+//! the embedded migrations ([`migrate`]), the batch writer ([`write`]) and
+//! the queries ([`read`]).
 //!
 //! Invariants: all SQL runs unchanged on PostgreSQL and CockroachDB (rules
 //! in docs/CLOUD.md); errors say which step failed; [`is_retryable`] is the
@@ -8,18 +9,26 @@
 
 pub mod migrate;
 pub mod read;
+pub mod tls;
 pub mod write;
 
 use crate::config::Settings;
 use anyhow::Context as _;
+use std::sync::Arc;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, NoTls, Socket};
 
 /// A database failure, with the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] tokio_postgres::Error),
+    #[error("invalid database.url: {0}")]
+    Url(String),
+    #[error("database TLS: {0}")]
+    Tls(#[source] rae_tls::TlsError),
     #[error("{step}: {source}")]
     Sql {
         step: &'static str,
@@ -74,11 +83,30 @@ pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
 
 /// Connects and spawns the connection task; the task ends when the client
 /// is dropped or the connection breaks (then queries fail with a closed
-/// error, which [`is_retryable`]).
+/// error, which [`is_retryable`]). TLS as the URL's `sslmode` says
+/// ([`tls`]); with TLS there is no fallback to plain TCP.
 pub async fn connect(url: &str) -> Result<Client, DbError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(DbError::Connect)?;
+    let target = tls::DbTarget::parse(url).map_err(DbError::Url)?;
+    let mut config: tokio_postgres::Config = target.conn.parse().map_err(DbError::Connect)?;
+    match tls::client_config(&target.tls).map_err(DbError::Tls)? {
+        None => {
+            config.ssl_mode(SslMode::Disable);
+            spawn_connection(&config, NoTls).await
+        }
+        Some(rustls) => {
+            config.ssl_mode(SslMode::Require);
+            let make = tokio_postgres_rustls::MakeRustlsConnect::new(Arc::unwrap_or_clone(rustls));
+            spawn_connection(&config, make).await
+        }
+    }
+}
+
+async fn spawn_connection<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, DbError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await.map_err(DbError::Connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             log::debug!("database connection ended: {e}");
