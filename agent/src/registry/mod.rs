@@ -190,10 +190,33 @@ impl Registry {
     /// facets loaded from the journal that it did not see are gone, and a
     /// device left with no facet is detached as `missing-at-start` at once.
     pub fn reconcile(&self, source: Source, now_ms: u64) -> Transition {
-        let mut t = Transition {
-            reconciled: true,
-            ..Transition::default()
-        };
+        let mut t = self.drop_unconfirmed(source, now_ms);
+        t.reconciled = true;
+        // Devices that were already missing when the agent stopped.
+        for rec in self.devices.values() {
+            let already = t
+                .changes
+                .iter()
+                .any(|c| c.record.device_id == rec.device_id);
+            if !already && rec.session.is_some() && rec.facets.is_empty() {
+                t.changes
+                    .push(detached_change(rec, now_ms, REASON_MISSING_AT_START));
+            }
+        }
+        t
+    }
+
+    /// At start, for a probe the config disables: its facets loaded from
+    /// the journal can never be confirmed, so they go now, and a device left
+    /// with no facet is detached as `missing-at-start`. Unlike
+    /// [`Registry::reconcile`] this is no first scan: grace periods that ran
+    /// out while the agent was down keep waiting for an enabled probe's.
+    pub fn forget_disabled(&self, source: Source, now_ms: u64) -> Transition {
+        self.drop_unconfirmed(source, now_ms)
+    }
+
+    fn drop_unconfirmed(&self, source: Source, now_ms: u64) -> Transition {
+        let mut t = Transition::default();
         let mut per_device: BTreeMap<&str, Vec<&FacetKey>> = BTreeMap::new();
         for facet in self.unconfirmed.iter().filter(|f| f.source == source) {
             if let Some(owner) = self.facet_owner.get(facet) {
@@ -211,17 +234,6 @@ impl Registry {
             }
             if let Some(change) = self.settle(rec, next, now_ms, Some(REASON_MISSING_AT_START)) {
                 t.changes.push(change);
-            }
-        }
-        // Devices that were already missing when the agent stopped.
-        for rec in self.devices.values() {
-            let already = t
-                .changes
-                .iter()
-                .any(|c| c.record.device_id == rec.device_id);
-            if !already && rec.session.is_some() && rec.facets.is_empty() {
-                t.changes
-                    .push(detached_change(rec, now_ms, REASON_MISSING_AT_START));
             }
         }
         t

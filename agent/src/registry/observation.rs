@@ -22,6 +22,9 @@ pub enum Source {
 }
 
 impl Source {
+    /// Every probe.
+    pub const ALL: [Source; 3] = [Source::Udev, Source::Serial, Source::Adb];
+
     /// Stable lowercase name, used in facet keys, the CLI and `--json`.
     pub fn as_str(self) -> &'static str {
         match self {

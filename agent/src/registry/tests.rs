@@ -393,6 +393,67 @@ fn a_grace_period_that_ran_out_while_the_agent_was_down_waits_for_the_first_scan
 }
 
 #[test]
+fn a_disabled_probes_devices_are_forgotten_at_start_without_ending_the_wait_for_a_scan() {
+    let mut reg = Registry::new(RegistryConfig::default());
+    step(&mut reg, &usb("/a", "S1", "p1", &[]), 1_000, 1); // udev only
+    step(&mut reg, &usb("/b", "S2", "p2", &[]), 1_000, 2); // udev and adb
+    let adb_s2 = Observation::present(
+        FacetKey::new(Source::Adb, "S2"),
+        vec![Identifier::Serial {
+            serial: "S2".into(),
+            interface: None,
+        }],
+        attrs(&[]),
+    );
+    step(&mut reg, &adb_s2, 1_000, 2);
+    let adb_s3 = Observation::present(
+        FacetKey::new(Source::Adb, "S3"),
+        vec![Identifier::Serial {
+            serial: "S3".into(),
+            interface: None,
+        }],
+        attrs(&[]),
+    );
+    step(&mut reg, &adb_s3, 1_000, 3);
+    step(
+        &mut reg,
+        &Observation::absent(FacetKey::new(Source::Adb, "S3")),
+        2_000,
+        3,
+    ); // S3 was missing, in its grace period, when the agent stopped
+    let mut reg = Registry::from_snapshot(RegistryConfig::default(), snapshot_of(&reg));
+
+    let t = reg.forget_disabled(Source::Udev, 60_000);
+    let detached: Vec<String> = t.events().map(|e| e.device_id.clone()).collect();
+    assert_eq!(
+        detached,
+        [identity::device_id_for("serial:S1")],
+        "only the device seen by udev alone is detached"
+    );
+    assert!(t.events().all(|e| e.kind
+        == EventKind::Detached {
+            reason: REASON_MISSING_AT_START.into()
+        }));
+    reg.apply(t);
+    assert_eq!(
+        reg.next_deadline_ms(),
+        None,
+        "the grace period of S3 still waits for the ADB probe's first scan"
+    );
+    assert!(reg.forget_disabled(Source::Udev, 60_001).is_durable_noop());
+    let t = reg.reconcile(Source::Adb, 60_002);
+    let detached: Vec<String> = t.events().map(|e| e.device_id.clone()).collect();
+    assert_eq!(
+        detached,
+        [
+            identity::device_id_for("serial:S2"),
+            identity::device_id_for("serial:S3")
+        ],
+        "S2 is not seen by the first ADB scan either; S3 ran out meanwhile"
+    );
+}
+
+#[test]
 fn a_checkpoint_takes_the_next_seq_and_carries_the_full_record() {
     let mut reg = Registry::new(RegistryConfig::default());
     step(

@@ -23,7 +23,7 @@ use crate::probe::adb::AdbProbe;
 use crate::probe::serial::SerialProbe;
 use crate::probe::udev::UdevProbe;
 use crate::probe::ProbeEvent;
-use crate::registry::Registry;
+use crate::registry::{Registry, Source};
 use crate::status::{RuntimeStatus, UplinkStatus};
 use crate::uplink::messages::BirthInfo;
 use crate::uplink::Uplink;
@@ -166,6 +166,14 @@ pub fn build_supervised(
             journal_changed: journal_changed.clone(),
             uplink_status: uplink_status.clone(),
             backlog_checked,
+            disabled_probes: [
+                (Source::Udev, settings.udev.enabled),
+                (Source::Serial, settings.serial.enabled()),
+                (Source::Adb, settings.adb.enabled()),
+            ]
+            .into_iter()
+            .filter_map(|(source, on)| (!on).then_some(source))
+            .collect(),
         }
         .run(),
     );

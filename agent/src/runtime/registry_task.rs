@@ -11,7 +11,7 @@ use super::clock::Clock;
 use crate::journal::backlog::{BacklogEstimate, Size};
 use crate::journal::Journal;
 use crate::probe::ProbeEvent;
-use crate::registry::{Registry, Transition};
+use crate::registry::{Registry, Source, Transition};
 use crate::status::{self, ErrorNote, RuntimeStatus, UplinkStatus};
 use log::{debug, error, info, warn};
 use std::path::PathBuf;
@@ -64,6 +64,9 @@ pub struct RegistryTask {
     /// Set once the startup backlog check (count, and compaction if over
     /// the bound) is done; the uplink starts draining only then.
     pub backlog_checked: watch::Sender<bool>,
+    /// Probes the config disables: what the journal holds of their devices
+    /// is settled at start, since no scan of theirs will ever confirm it.
+    pub disabled_probes: Vec<Source>,
 }
 
 impl RegistryTask {
@@ -73,6 +76,7 @@ impl RegistryTask {
         retention.reset();
         let mut compaction = tokio::time::interval(COMPACTION_INTERVAL);
         let mut backlog = BacklogEstimate::unknown();
+        self.settle_disabled_probes().await;
         // Before the uplink drains: a restart with an over-bound backlog
         // compacts first, and the one full read of the backlog does not
         // overlap the drain (which, for a 1M backlog, cost ~3 MiB of peak
@@ -133,6 +137,20 @@ impl RegistryTask {
                     .insert(source.to_string(), note.clone());
                 self.status.last_error = Some(note);
                 self.write_status();
+            }
+        }
+    }
+
+    /// Facets of disabled probes go at start. With every probe disabled
+    /// nothing will ever scan, so the start counts as reconciled (grace
+    /// periods and devices missing at the last stop are settled now).
+    async fn settle_disabled_probes(&mut self) {
+        let all = self.disabled_probes.len() == Source::ALL.len();
+        for source in std::mem::take(&mut self.disabled_probes) {
+            if all {
+                self.step(|r, now| r.reconcile(source, now)).await;
+            } else {
+                self.step(|r, now| r.forget_disabled(source, now)).await;
             }
         }
     }

@@ -154,3 +154,28 @@ async fn a_vanished_device_is_detached_when_its_grace_period_runs_out() {
     assert_eq!(events(dir.path()), 2, "detached after 5 s");
     agent.shutdown(Duration::from_secs(4)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_probe_disabled_a_restart_settles_the_devices_of_the_last_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = settings(dir.path());
+    let agent = build(&s, open_journal(&s).expect("open")).expect("build");
+    agent.probe_tx.send(plug("S1", "m")).await.expect("send");
+    wait_for("attached", || events(dir.path()) == 1).await;
+    agent.shutdown(Duration::from_secs(4)).await;
+
+    // udev (the device's only source) is disabled, as are the others: no
+    // scan will ever confirm the device, so the restart detaches it.
+    let agent = build(&s, open_journal(&s).expect("reopen")).expect("build");
+    let detached = || {
+        let c = rusqlite::Connection::open(dir.path().join("journal.db")).expect("open");
+        c.query_row(
+            "SELECT count(*) FROM events WHERE kind = 'detached'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .expect("count")
+    };
+    wait_for("detached at start", || detached() == 1).await;
+    agent.shutdown(Duration::from_secs(4)).await;
+}
