@@ -22,6 +22,7 @@ use log::{debug, info, warn};
 use rae_protocol::{AttrValue, Attrs};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -260,7 +261,13 @@ pub struct UdevProbe {
 impl UdevProbe {
     /// Runs on the calling thread until shutdown; builds its own
     /// current-thread runtime because the monitor socket is not `Send`.
-    pub fn run_blocking(self) {
+    /// `wrap` decorates the probe's future inside that runtime (the
+    /// daemon's watchdog supervision).
+    pub fn run_blocking<W, F>(self, wrap: W)
+    where
+        W: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()>>>) -> F,
+        F: Future<Output = ()>,
+    {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -271,7 +278,7 @@ impl UdevProbe {
                 return;
             }
         };
-        rt.block_on(self.run());
+        rt.block_on(async move { wrap(Box::pin(self.run())).await });
     }
 
     /// Monitors (retrying with capped backoff if udev is unavailable) until shutdown.

@@ -205,7 +205,17 @@ pub fn build_supervised(
             tx: probe_tx.clone(),
             shutdown: shutdown_rx.clone(),
         };
-        tasks.spawn_blocking(move || probe.run_blocking());
+        // Its own thread and runtime (see `run_blocking`), watched there
+        // like the other tasks.
+        let liveness = sup.map(|s| s.liveness.clone());
+        tasks.spawn_blocking(move || {
+            probe.run_blocking(|task| async move {
+                match liveness {
+                    Some(l) => l.watch("udev probe", task).await,
+                    None => task.await,
+                }
+            })
+        });
     } else {
         info!("udev probe disabled in config");
     }

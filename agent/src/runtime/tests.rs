@@ -179,3 +179,33 @@ async fn with_every_probe_disabled_a_restart_settles_the_devices_of_the_last_run
     wait_for("detached at start", || detached() == 1).await;
     agent.shutdown(Duration::from_secs(4)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_udev_probe_on_its_own_thread_is_supervised_like_the_other_tasks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "rae_id = \"rae-test\"\nstate_dir = {:?}\n[udev]\nenabled = true\n[adb]\nenabled = false\n",
+        dir.path().display().to_string()
+    );
+    let s = Settings::from_toml(&text, dir.path()).expect("settings");
+    let liveness = watchdog::Liveness::new(Duration::from_millis(50));
+    let supervision = Supervision {
+        liveness: liveness.clone(),
+        wedge_registry_when: None,
+    };
+    let agent =
+        build_supervised(&s, open_journal(&s).expect("open"), Some(supervision)).expect("build");
+    // Whether or not udev works here, the probe's thread keeps polling
+    // (watching the monitor, or retrying with backoff), so it beats.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ages = liveness.ages();
+    assert!(
+        ages.iter().any(|(name, _)| *name == "udev probe"),
+        "{ages:?}"
+    );
+    assert!(
+        watchdog::stalled(&ages, Duration::from_millis(300)).is_empty(),
+        "{ages:?}"
+    );
+    agent.shutdown(Duration::from_secs(4)).await;
+}

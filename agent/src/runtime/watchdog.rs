@@ -8,9 +8,11 @@
 //! younger than the stall limit ([`stalled`]), so systemd restarts a wedged
 //! agent; it never restarts an idle one.
 //!
+//! The udev probe runs on a thread of its own with a current-thread runtime;
+//! its future is wrapped inside that runtime, so it beats like the others.
+//!
 //! Not covered: a task that awaits something that never happens while its
-//! thread is free (its beats go on), and the udev probe, which runs on a
-//! blocking thread of its own (not a future that can be wrapped).
+//! thread is free (its beats go on).
 //!
 //! Test-only hook: when `$RAE_TEST_WEDGE_REGISTRY_WHEN` names a path, the
 //! registry task's wrapper blocks its thread for good as soon as that path
