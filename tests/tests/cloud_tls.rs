@@ -15,8 +15,8 @@
 //! * `check-config` exits 64 naming the key and file of a missing TLS file.
 //!
 //! Kafka over TLS is not tested end to end: Tansu has no TLS listener (see
-//! docs/CLOUD.md, "TLS"). The binary must be built (`cargo build -p
-//! rae-cloud-ingest`).
+//! docs/CLOUD.md, "TLS"); `kafka_tls.rs` checks what can be checked. The
+//! binary must be built (`cargo build -p rae-cloud-ingest`).
 
 mod bridge_support;
 mod registry_support;
