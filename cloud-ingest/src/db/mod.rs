@@ -23,12 +23,16 @@ use tokio_postgres::{Client, NoTls, Socket};
 /// A database failure, with the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    /// The message carries the driver error's whole cause chain (the
+    /// driver's own text is only its kind, e.g. "error performing TLS
+    /// handshake"), so log lines with just `{e}` say why; hence no
+    /// `#[source]`, which would print the chain twice.
+    #[error("cannot connect to the database: {}", with_causes(.0))]
+    Connect(tokio_postgres::Error),
     #[error("invalid database.url: {0}")]
     Url(String),
     #[error("database TLS: {0}")]
-    Tls(#[source] rae_tls::TlsError),
+    Tls(rae_tls::TlsError),
     #[error("{step}: {source}")]
     Sql {
         step: &'static str,
@@ -39,6 +43,18 @@ pub enum DbError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("the database schema is not migrated (version {found}, need {needed}); run `rae-cloud-ingest migrate`")]
     SchemaTooOld { found: i64, needed: i64 },
+}
+
+/// `e` and its sources, joined by ": ".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Attaches the failing step to a driver error.
@@ -149,6 +165,25 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_error_says_why_once() {
+        let e = "sslmode=bogus"
+            .parse::<tokio_postgres::Config>()
+            .expect_err("invalid");
+        let text = DbError::Connect(e).to_string();
+        assert!(
+            text.starts_with("cannot connect to the database: invalid connection string: "),
+            "{text}"
+        );
+        assert!(text.contains("sslmode"), "{text}");
+        let err = DbError::Connect(
+            "sslmode=bogus"
+                .parse::<tokio_postgres::Config>()
+                .expect_err("x"),
+        );
+        assert!(std::error::Error::source(&err).is_none());
+    }
 
     #[test]
     fn redact_hides_the_password_only() {
