@@ -371,30 +371,37 @@ fn database_tls_failures_are_precise_and_weaker_modes_check_less() -> Result<()>
     Ok(())
 }
 
-#[test]
-fn the_registry_applies_events_over_tls() -> Result<()> {
+/// A registry [`registry_support::Cloud`] on a [`TlsDb`]: Tansu with the
+/// four topics, the schema migrated over `verify-full` with the client
+/// certificate, and a config whose `database.url` is `registry_url`
+/// (given the database).
+fn tls_cloud(registry_url: impl FnOnce(&TlsDb) -> String) -> Result<registry_support::Cloud> {
     let db = TlsDb::start()?;
     let kafka = Tansu::start(&db.dir.path().join("tansu"))?;
-    for (topic, partitions) in [
-        (registry_support::EVENTS, 2),
-        (registry_support::STATUS, 1),
-        (registry_support::COMMANDS, 1),
-        (registry_support::DLQ, 1),
+    for topic in [
+        registry_support::EVENTS,
+        registry_support::STATUS,
+        registry_support::COMMANDS,
+        registry_support::DLQ,
     ] {
-        kafka.create_topic(topic, partitions)?;
+        kafka.create_topic(topic, 1)?;
     }
-    let url = db.url("verify-full", Some(&db.certs.ca), true);
-    let config = db.config("registry", &url, &kafka.bootstrap())?;
-    let out = run(&config, &["migrate"])?;
+    let out = db.migrate("migrate", &db.url("verify-full", Some(&db.certs.ca), true))?;
     ensure!(out.status.success(), "{}", text(&out));
+    let config = db.config("registry", &registry_url(&db), &kafka.bootstrap())?;
     let TlsDb { dir, pg, .. } = db;
-    let cloud = registry_support::Cloud {
+    Ok(registry_support::Cloud {
         dir,
         pg,
         kafka,
         config,
         metrics_port: 0,
-    };
+    })
+}
+
+#[test]
+fn the_registry_applies_events_over_tls() -> Result<()> {
+    let cloud = tls_cloud(|db| db.url("verify-full", Some(&db.certs.ca), true))?;
     let registry = cloud.registry()?;
     let mut session = registry_support::Session::new("box-tls", "dev-tls");
     let events = [
@@ -421,29 +428,7 @@ fn the_registry_applies_events_over_tls() -> Result<()> {
 
 #[test]
 fn a_registry_trusting_the_wrong_ca_logs_why_and_keeps_retrying() -> Result<()> {
-    let db = TlsDb::start()?;
-    let kafka = Tansu::start(&db.dir.path().join("tansu"))?;
-    for topic in [
-        registry_support::EVENTS,
-        registry_support::STATUS,
-        registry_support::COMMANDS,
-        registry_support::DLQ,
-    ] {
-        kafka.create_topic(topic, 1)?;
-    }
-    let good = db.url("verify-full", Some(&db.certs.ca), true);
-    let out = db.migrate("migrate", &good)?;
-    ensure!(out.status.success(), "{}", text(&out));
-    let wrong = db.url("verify-full", Some(&db.certs.other_ca), true);
-    let config = db.config("registry", &wrong, &kafka.bootstrap())?;
-    let TlsDb { dir, pg, .. } = db;
-    let cloud = registry_support::Cloud {
-        dir,
-        pg,
-        kafka,
-        config,
-        metrics_port: 0,
-    };
+    let cloud = tls_cloud(|db| db.url("verify-full", Some(&db.certs.other_ca), true))?;
     let registry = cloud.registry()?;
     let mut session = registry_support::Session::new("box-tls", "dev-tls");
     cloud.send(&[session.attached(&[("a", 1)])])?;
