@@ -62,10 +62,40 @@ fn vm_hwm_kib(pid: i32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// utime + stime of `pid` in seconds.
+fn cpu_secs(pid: i32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are
+    // fields 14 and 15 of the whole line.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / hz.max(1) as f64)
+}
+
+impl Drain {
+    /// Events/s from the first committed batch to the last (group join
+    /// and first fetch excluded).
+    fn steady_rate(&self, n: i64) -> Option<f64> {
+        let (t, first) = self.first_batch?;
+        (self.secs > t).then(|| (n - first) as f64 / (self.secs - t))
+    }
+}
+
 struct Drain {
     /// (batches, records in batches, sum of batch latencies in ms).
     batches: (i64, i64, i64),
     secs: f64,
+    /// Seconds from process start to the first committed batch (group
+    /// join, first fetch, first batch), and the records it held.
+    first_batch: Option<(f64, i64)>,
+    /// Sums over pipelines, in ms: waiting for a batch's first record;
+    /// collecting the rest of a batch.
+    pipeline_ms: (i64, i64),
+    /// CPU seconds (user + system) of the registry process.
+    cpu_secs: f64,
     peak_rss_kib: u64,
     lag_zero_after_secs: Option<f64>,
 }
@@ -79,10 +109,19 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
     )?;
     let pid = reg.pid();
     let mut peak = 0;
+    let mut first_batch = None;
+    let mut done = 0;
     loop {
         peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
-        let done = cloud.count("SELECT count(*) FROM device_events");
-        if done >= n {
+        // Records in committed batches, from /metrics: a count(*) of a
+        // growing table every 250 ms would load the database under test.
+        done = cloud
+            .metric("rae_registry_batch_records_total")
+            .unwrap_or(done);
+        if done > 0 && first_batch.is_none() {
+            first_batch = Some((started.elapsed().as_secs_f64(), done));
+        }
+        if done >= n && cloud.count("SELECT count(*) FROM device_events") >= n {
             break;
         }
         ensure!(
@@ -93,6 +132,7 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
         std::thread::sleep(Duration::from_millis(250));
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = cpu_secs(pid).unwrap_or(0.0);
     // Lag gauges come from librdkafka statistics every 5 s.
     let lag_deadline = Instant::now() + Duration::from_secs(30);
     let mut lag_zero_after_secs = None;
@@ -112,13 +152,113 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
         m("rae_registry_batch_records_total"),
         m("rae_registry_batch_latency_ms_total"),
     );
+    let pipeline_ms = (
+        m("rae_registry_idle_ms_total"),
+        m("rae_registry_batch_fill_ms_total"),
+    );
     reg.terminate(Duration::from_secs(30))?;
+    if std::env::var_os("RAE_BENCH_REGISTRY_LOG").is_some() {
+        let kept = std::env::temp_dir().join(format!("rae-bench-registry-{n}.log"));
+        std::fs::copy(cloud.dir.path().join("registry-bench.log"), &kept)?;
+        println!("registry log kept in {}", kept.display());
+    }
     Ok(Drain {
         batches,
         secs,
+        first_batch,
+        pipeline_ms,
+        cpu_secs,
         peak_rss_kib: peak,
         lag_zero_after_secs,
     })
+}
+
+/// `RAE_BENCH_KAFKA_PROPERTIES="k=v,k=v"`: extra `[kafka.properties]`
+/// for the registry (experiments with librdkafka settings).
+fn extra_properties() -> Vec<(String, String)> {
+    std::env::var("RAE_BENCH_KAFKA_PROPERTIES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The registry config's extra lines (appended after `[registry]`).
+fn registry_extra(props: &[(String, String)]) -> String {
+    if props.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("[kafka.properties]\n");
+    for (k, v) in props {
+        out.push_str(&format!("{k:?} = {v:?}\n"));
+    }
+    out
+}
+
+/// A plain consumer (no database) joining a fresh group on the events
+/// topic with `props`, reading `n` records (at most 600 s): (seconds to
+/// the first record, i.e. join + first fetch; seconds to the last; records
+/// read).
+fn plain_read(
+    cloud: &Cloud,
+    n: usize,
+    group: &str,
+    props: &[(&str, &str)],
+) -> Result<(f64, f64, usize)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let mut c = cloud.kafka.config();
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    let consumer: BaseConsumer = c.create()?;
+    let started = Instant::now();
+    consumer.subscribe(&[EVENTS])?;
+    let mut first = None;
+    let mut got = 0;
+    while got < n && started.elapsed() < Duration::from_secs(600) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                got += 1;
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+            Some(Err(e)) => eprintln!("plain read: {e}"),
+            None => {}
+        }
+    }
+    Ok((first.unwrap_or(0.0), started.elapsed().as_secs_f64(), got))
+}
+
+/// Reads the events topic back with plain consumers (librdkafka defaults,
+/// and the registry's prefetch settings) and prints their rates.
+fn print_plain_reads(
+    cloud: &Cloud,
+    what: &str,
+    n: usize,
+    extra: &[(String, String)],
+) -> Result<()> {
+    let mut reader_props: Vec<(&str, &str)> = REGISTRY_PREFETCH.to_vec();
+    reader_props.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    for (label, group, p) in [
+        ("librdkafka defaults", "bench-read-defaults", &[][..]),
+        (
+            "registry prefetch",
+            "bench-read-registry",
+            &reader_props[..],
+        ),
+    ] {
+        let (join, total, got) = plain_read(cloud, n, group, p)?;
+        println!(
+            "{what}: plain consumer ({label}): first record after {join:.2} s, {got} of {n} in {total:.2} s = \
+             {:.0} records/s from start, {:.0} records/s after the first record",
+            got as f64 / total,
+            got as f64 / (total - join).max(1e-9)
+        );
+    }
+    Ok(())
 }
 
 fn copy_baseline(cloud: &Cloud, envs: &[Envelope]) -> Result<f64> {
@@ -180,6 +320,18 @@ fn copy_baseline(cloud: &Cloud, envs: &[Envelope]) -> Result<f64> {
     })
 }
 
+/// The registry's consumer prefetch settings, as in
+/// cloud-ingest/src/registry/kafka.rs (CONSUMER_DEFAULTS): the plain
+/// reader runs with them to separate the broker from the registry.
+const REGISTRY_PREFETCH: [(&str, &str); 6] = [
+    ("queued.max.messages.kbytes", "4096"),
+    ("queued.min.messages", "2000"),
+    ("fetch.queue.backoff.ms", "20"),
+    ("fetch.max.bytes", "1048576"),
+    ("max.partition.fetch.bytes", "1048576"),
+    ("fetch.wait.max.ms", "100"),
+];
+
 fn main() -> Result<()> {
     binary(HINT).context("the bench runs the release binary")?;
     let n_tp: usize = std::env::var("RAE_BENCH_EVENTS")
@@ -190,10 +342,22 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    println!("registry benchmarks (release binary, 4 partitions, batches of up to 1000 records / 100 ms)");
+    let props = extra_properties();
+    // RAE_BENCH_REGISTRY_LOG=debug: the registry's log level (default warn);
+    // its log is then kept in the temp dir (diagnosis).
+    let log_level = std::env::var("RAE_BENCH_REGISTRY_LOG").unwrap_or_else(|_| "warn".into());
+    let extra = registry_extra(&props);
+    println!(
+        "registry benchmarks (release binary, 4 partitions, batches of up to 1000 records / 100 ms{})",
+        if props.is_empty() {
+            String::new()
+        } else {
+            format!(", extra kafka.properties {props:?}")
+        }
+    );
 
     // 1. Throughput vs COPY.
-    let cloud = Cloud::start_with(4, "", Some("warn"))?;
+    let cloud = Cloud::start_with(4, &extra, Some(&log_level))?;
     let envs = envelopes(1000, (n_tp / 1000) as u64);
     let n = envs.len();
     let load = preload(&cloud, &envs)?;
@@ -203,27 +367,42 @@ fn main() -> Result<()> {
     );
     let d = drain(&cloud, n as i64)?;
     let reg_rate = n as f64 / d.secs;
-    // Where the time goes: a plain consumer reading the same records back
-    // from Tansu (no database), and the registry's own batch timings.
-    let read_started = Instant::now();
-    let read = cloud.kafka.read(EVENTS, n, Duration::from_secs(600))?.len();
-    let read_secs = read_started.elapsed().as_secs_f64();
+    // Where the time goes: plain consumers (no database) reading the same
+    // records back from Tansu as members of a fresh group, with
+    // librdkafka's defaults and with the registry's prefetch settings.
+    print_plain_reads(&cloud, "throughput", n, &props)?;
     let (batches, in_batches, latency_ms) = d.batches;
     println!(
-        "throughput: Tansu read-back alone {:.0} records/s ({read} in {read_secs:.2} s); registry batches: {batches}, \
-         mean size {:.0}, mean latency (load+plan+write+commit) {:.1} ms = {:.0} events/s per pipeline while applying",
-        read as f64 / read_secs,
+        "throughput: registry batches: {batches}, mean size {:.0}, mean latency (load+plan+write+commit) {:.1} ms \
+         = {:.0} events/s per pipeline while applying; pipeline time (sum over 4): applying {:.1} s, \
+         waiting for a first record {:.1} s, filling batches {:.1} s; registry CPU {:.2} s",
         in_batches as f64 / batches.max(1) as f64,
         latency_ms as f64 / batches.max(1) as f64,
-        in_batches as f64 * 1000.0 / latency_ms.max(1) as f64
+        in_batches as f64 * 1000.0 / latency_ms.max(1) as f64,
+        latency_ms as f64 / 1000.0,
+        d.pipeline_ms.0 as f64 / 1000.0,
+        d.pipeline_ms.1 as f64 / 1000.0,
+        d.cpu_secs
     );
     let copy_secs = copy_baseline(&cloud, &envs)?;
     let copy_rate = n as f64 / copy_secs;
+    let steady = d.steady_rate(n as i64);
     println!(
-        "throughput: registry {reg_rate:.0} events/s ({n} in {:.2} s, from start incl. group join); \
-         COPY of the same {n} history rows {copy_rate:.0} rows/s ({copy_secs:.2} s); ratio {:.2} (target >= 0.5)",
+        "throughput: registry {reg_rate:.0} events/s ({n} in {:.2} s, from process start incl. group join); \
+         first batch committed after {}; {} events/s from the first batch to the last",
         d.secs,
-        reg_rate / copy_rate
+        d.first_batch
+            .map(|(t, r)| format!("{t:.2} s ({r} records)"))
+            .unwrap_or_else(|| "-".into()),
+        steady.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into()),
+    );
+    println!(
+        "throughput: COPY of the same {n} history rows {copy_rate:.0} rows/s ({copy_secs:.2} s); \
+         ratio registry / COPY {:.2} from process start, {} join excluded (target >= 0.5)",
+        reg_rate / copy_rate,
+        steady
+            .map(|r| format!("{:.2}", r / copy_rate))
+            .unwrap_or_else(|| "-".into()),
     );
     drop(cloud);
 
@@ -234,16 +413,21 @@ fn main() -> Result<()> {
         .collect();
     let mut rss = Vec::new();
     for size in sizes {
-        let cloud = Cloud::start_with(4, "", Some("warn"))?;
+        let cloud = Cloud::start_with(4, &extra, Some(&log_level))?;
         let envs = envelopes(10_000, (size / 10_000) as u64);
         let load = preload(&cloud, &envs)?;
         drop(envs);
         let d = drain(&cloud, size as i64)?;
         println!(
-            "burst {size}: pre-loaded in {:.1} s; drained in {:.1} s = {:.0} events/s; peak RSS {:.1} MiB; lag 0 {}",
+            "burst {size}: pre-loaded in {:.1} s; drained in {:.1} s = {:.0} events/s from process start \
+             ({} events/s from the first batch); registry CPU {:.1} s; peak RSS {:.1} MiB; lag 0 {}",
             load.as_secs_f64(),
             d.secs,
             size as f64 / d.secs,
+            d.steady_rate(size as i64)
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            d.cpu_secs,
             d.peak_rss_kib as f64 / 1024.0,
             match d.lag_zero_after_secs {
                 Some(s) => format!("reported {s:.1} s after start"),
@@ -251,6 +435,11 @@ fn main() -> Result<()> {
             }
         );
         rss.push(d.peak_rss_kib as f64);
+        // RAE_BENCH_BURST_READBACK=1: the broker's own read rate at this
+        // backlog (plain consumers, no database), after the drain.
+        if std::env::var_os("RAE_BENCH_BURST_READBACK").is_some() {
+            print_plain_reads(&cloud, &format!("burst {size}"), size, &props)?;
+        }
     }
     if rss.len() == 2 {
         println!(

@@ -8,13 +8,14 @@
 //! (`SELECT … FOR UPDATE`, in key order) before planning, so two
 //! consumers briefly owning one partition during a rebalance serialize and
 //! the second sees the first one's `last_seq`; a session row never moves
-//! back (`WHERE last_seq <= excluded.last_seq`).
+//! back (`WHERE last_seq <= excluded.last_seq`); every statement is
+//! prepared once per connection ([`Statements`]), not parsed per batch.
 
 use super::{sql, DbError};
 use crate::registry::plan::{Plan, Policy, SessionState};
 use rae_protocol::AttrValue;
 use std::collections::HashMap;
-use tokio_postgres::Transaction;
+use tokio_postgres::{Client, Statement, Transaction};
 use uuid::Uuid;
 
 fn opt_i64(v: Option<u64>) -> Option<i64> {
@@ -39,22 +40,165 @@ pub fn render_value(v: &AttrValue) -> (&'static str, String) {
     }
 }
 
+/// The registry's statements, prepared on one connection (a
+/// [`Statement`] belongs to the connection that prepared it): each batch
+/// binds and executes them, with no parse/plan round trip per statement.
+#[derive(Debug)]
+pub struct Statements {
+    load_sessions: Statement,
+    sessions: Statement,
+    devices: Statement,
+    attrs_replace: Statement,
+    attrs_remove: Statement,
+    attrs_write: Statement,
+    history: Statement,
+    history_trim: Statement,
+    boxes: Statement,
+}
+
+impl Statements {
+    /// Prepares every statement on `client` (after a (re)connect).
+    pub async fn prepare(client: &Client) -> Result<Statements, DbError> {
+        async fn prepare(
+            client: &Client,
+            query: &str,
+            step: &'static str,
+        ) -> Result<Statement, DbError> {
+            client.prepare(query).await.map_err(sql(step))
+        }
+        Ok(Statements {
+            load_sessions: prepare(
+                client,
+                LOAD_SESSIONS_SQL,
+                "prepare the statement to load device sessions",
+            )
+            .await?,
+            sessions: prepare(
+                client,
+                SESSIONS_SQL,
+                "prepare the statement to write device sessions",
+            )
+            .await?,
+            devices: prepare(
+                client,
+                DEVICES_SQL,
+                "prepare the statement to write devices",
+            )
+            .await?,
+            attrs_replace: prepare(
+                client,
+                ATTRS_REPLACE_SQL,
+                "prepare the statement to replace device attributes",
+            )
+            .await?,
+            attrs_remove: prepare(
+                client,
+                ATTRS_REMOVE_SQL,
+                "prepare the statement to remove device attributes",
+            )
+            .await?,
+            attrs_write: prepare(
+                client,
+                ATTRS_WRITE_SQL,
+                "prepare the statement to write device attributes",
+            )
+            .await?,
+            history: prepare(
+                client,
+                HISTORY_SQL,
+                "prepare the statement to write device event history",
+            )
+            .await?,
+            history_trim: prepare(
+                client,
+                HISTORY_TRIM_SQL,
+                "prepare the statement to trim device event history",
+            )
+            .await?,
+            boxes: prepare(
+                client,
+                BOXES_SQL,
+                "prepare the statement to write box status",
+            )
+            .await?,
+        })
+    }
+}
+
+const LOAD_SESSIONS_SQL: &str =
+    "SELECT session_id, rae_id, device_id, last_seq, stale, stale_expected, stale_got,
+                    last_resync_ms, started_ms, ended_ms, end_reason
+             FROM device_sessions WHERE session_id = ANY($1)
+             ORDER BY session_id FOR UPDATE";
+
+const SESSIONS_SQL: &str = "INSERT INTO device_sessions (session_id, rae_id, device_id, last_seq, stale,
+             stale_expected, stale_got, last_resync_ms, started_ms, ended_ms, end_reason, updated_at)
+         SELECT s, r, d, l, st, se, sg, lr, sm, em, er, now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::bigint[],
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
+              AS t(s, r, d, l, st, se, sg, lr, sm, em, er)
+         ON CONFLICT (session_id) DO UPDATE SET
+             last_seq = excluded.last_seq, stale = excluded.stale,
+             stale_expected = excluded.stale_expected, stale_got = excluded.stale_got,
+             last_resync_ms = excluded.last_resync_ms, started_ms = excluded.started_ms,
+             ended_ms = excluded.ended_ms, end_reason = excluded.end_reason,
+             updated_at = excluded.updated_at
+         WHERE device_sessions.last_seq <= excluded.last_seq";
+
+const DEVICES_SQL: &str =
+    "INSERT INTO devices (rae_id, device_id, current_session_id, first_seen_at, updated_at)
+         SELECT r, d, s, now(), now()
+         FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(r, d, s)
+         ON CONFLICT (rae_id, device_id) DO UPDATE SET
+             current_session_id = excluded.current_session_id, updated_at = excluded.updated_at
+         WHERE devices.current_session_id <= excluded.current_session_id";
+
+const ATTRS_REPLACE_SQL: &str = "DELETE FROM device_attributes WHERE session_id = ANY($1)";
+
+const ATTRS_REMOVE_SQL: &str = "DELETE FROM device_attributes WHERE (session_id, name) IN
+                 (SELECT s, n FROM unnest($1::uuid[], $2::text[]) AS t(s, n))";
+
+const ATTRS_WRITE_SQL: &str = "INSERT INTO device_attributes (session_id, name, value_type, value, updated_seq, updated_at)
+             SELECT s, n, t, v, q, now()
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS x(s, n, t, v, q)
+             ON CONFLICT (session_id, name) DO UPDATE SET
+                 value_type = excluded.value_type, value = excluded.value,
+                 updated_seq = excluded.updated_seq, updated_at = excluded.updated_at";
+
+const HISTORY_SQL: &str = "INSERT INTO device_events (session_id, seq, kind, ts_ms, envelope, kafka_partition, kafka_offset, recorded_at)
+             SELECT s, q, k, ts, e, p, o, now()
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::int[], $7::bigint[])
+                  AS x(s, q, k, ts, e, p, o)
+             ON CONFLICT (session_id, seq) DO NOTHING";
+
+const HISTORY_TRIM_SQL: &str = "DELETE FROM device_events WHERE (session_id, seq) IN
+                 (SELECT e.session_id, e.seq FROM device_events e
+                  JOIN unnest($1::uuid[], $2::bigint[]) AS t(s, keep_after)
+                    ON e.session_id = t.s AND e.seq <= t.keep_after)";
+
+const BOXES_SQL: &str = "INSERT INTO boxes (rae_id, online, agent_version, started_ms, boot_count,
+                                last_birth_ms, last_will_ms, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+             ON CONFLICT (rae_id) DO UPDATE SET
+                 online = excluded.online,
+                 agent_version = COALESCE(excluded.agent_version, boxes.agent_version),
+                 started_ms = COALESCE(excluded.started_ms, boxes.started_ms),
+                 boot_count = COALESCE(excluded.boot_count, boxes.boot_count),
+                 last_birth_ms = COALESCE(excluded.last_birth_ms, boxes.last_birth_ms),
+                 last_will_ms = COALESCE(excluded.last_will_ms, boxes.last_will_ms),
+                 updated_at = excluded.updated_at";
+
 /// Loads and locks the sessions `ids` (sorted).
 pub async fn load_sessions(
     tx: &Transaction<'_>,
+    st: &Statements,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, SessionState>, DbError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     let rows = tx
-        .query(
-            "SELECT session_id, rae_id, device_id, last_seq, stale, stale_expected, stale_got,
-                    last_resync_ms, started_ms, ended_ms, end_reason
-             FROM device_sessions WHERE session_id = ANY($1)
-             ORDER BY session_id FOR UPDATE",
-            &[&ids],
-        )
+        .query(&st.load_sessions, &[&ids])
         .await
         .map_err(sql("load device sessions"))?;
     let mut out = HashMap::with_capacity(rows.len());
@@ -80,15 +224,20 @@ pub async fn load_sessions(
 }
 
 /// Writes everything `plan` decided.
-pub async fn write_plan(tx: &Transaction<'_>, plan: &Plan, policy: &Policy) -> Result<(), DbError> {
-    write_sessions(tx, plan).await?;
-    write_devices(tx, plan).await?;
-    write_attributes(tx, plan).await?;
-    write_history(tx, plan, policy).await?;
-    write_boxes(tx, plan).await
+pub async fn write_plan(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    plan: &Plan,
+    policy: &Policy,
+) -> Result<(), DbError> {
+    write_sessions(tx, st, plan).await?;
+    write_devices(tx, st, plan).await?;
+    write_attributes(tx, st, plan).await?;
+    write_history(tx, st, plan, policy).await?;
+    write_boxes(tx, st, plan).await
 }
 
-async fn write_sessions(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError> {
+async fn write_sessions(tx: &Transaction<'_>, st: &Statements, plan: &Plan) -> Result<(), DbError> {
     if plan.sessions.is_empty() {
         return Ok(());
     }
@@ -116,19 +265,7 @@ async fn write_sessions(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError
         reason.push(s.end_reason.as_deref());
     }
     tx.execute(
-        "INSERT INTO device_sessions (session_id, rae_id, device_id, last_seq, stale,
-             stale_expected, stale_got, last_resync_ms, started_ms, ended_ms, end_reason, updated_at)
-         SELECT s, r, d, l, st, se, sg, lr, sm, em, er, now()
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
-              AS t(s, r, d, l, st, se, sg, lr, sm, em, er)
-         ON CONFLICT (session_id) DO UPDATE SET
-             last_seq = excluded.last_seq, stale = excluded.stale,
-             stale_expected = excluded.stale_expected, stale_got = excluded.stale_got,
-             last_resync_ms = excluded.last_resync_ms, started_ms = excluded.started_ms,
-             ended_ms = excluded.ended_ms, end_reason = excluded.end_reason,
-             updated_at = excluded.updated_at
-         WHERE device_sessions.last_seq <= excluded.last_seq",
+        &st.sessions,
         &[
             &ids, &rae, &dev, &last, &stale, &exp, &got, &resync, &started, &ended, &reason,
         ],
@@ -138,7 +275,7 @@ async fn write_sessions(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError
     Ok(())
 }
 
-async fn write_devices(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError> {
+async fn write_devices(tx: &Transaction<'_>, st: &Statements, plan: &Plan) -> Result<(), DbError> {
     if plan.devices.is_empty() {
         return Ok(());
     }
@@ -146,21 +283,17 @@ async fn write_devices(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError>
     let rae: Vec<&str> = plan.devices.keys().map(|k| k.0.as_str()).collect();
     let dev: Vec<&str> = plan.devices.keys().map(|k| k.1.as_str()).collect();
     let sid: Vec<Uuid> = plan.devices.values().copied().collect();
-    tx.execute(
-        "INSERT INTO devices (rae_id, device_id, current_session_id, first_seen_at, updated_at)
-         SELECT r, d, s, now(), now()
-         FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(r, d, s)
-         ON CONFLICT (rae_id, device_id) DO UPDATE SET
-             current_session_id = excluded.current_session_id, updated_at = excluded.updated_at
-         WHERE devices.current_session_id <= excluded.current_session_id",
-        &[&rae, &dev, &sid],
-    )
-    .await
-    .map_err(sql("write devices"))?;
+    tx.execute(&st.devices, &[&rae, &dev, &sid])
+        .await
+        .map_err(sql("write devices"))?;
     Ok(())
 }
 
-async fn write_attributes(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError> {
+async fn write_attributes(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    plan: &Plan,
+) -> Result<(), DbError> {
     let replaced: Vec<Uuid> = plan
         .attrs
         .iter()
@@ -168,12 +301,9 @@ async fn write_attributes(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbErr
         .map(|(s, _)| *s)
         .collect();
     if !replaced.is_empty() {
-        tx.execute(
-            "DELETE FROM device_attributes WHERE session_id = ANY($1)",
-            &[&replaced],
-        )
-        .await
-        .map_err(sql("replace device attributes"))?;
+        tx.execute(&st.attrs_replace, &[&replaced])
+            .await
+            .map_err(sql("replace device attributes"))?;
     }
     let (mut del_s, mut del_n) = (Vec::new(), Vec::new());
     let (mut s, mut n, mut t, mut v, mut q) = (vec![], vec![], vec![], vec![], vec![]);
@@ -197,31 +327,24 @@ async fn write_attributes(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbErr
         }
     }
     if !del_s.is_empty() {
-        tx.execute(
-            "DELETE FROM device_attributes WHERE (session_id, name) IN
-                 (SELECT s, n FROM unnest($1::uuid[], $2::text[]) AS t(s, n))",
-            &[&del_s, &del_n],
-        )
-        .await
-        .map_err(sql("remove device attributes"))?;
+        tx.execute(&st.attrs_remove, &[&del_s, &del_n])
+            .await
+            .map_err(sql("remove device attributes"))?;
     }
     if !s.is_empty() {
-        tx.execute(
-            "INSERT INTO device_attributes (session_id, name, value_type, value, updated_seq, updated_at)
-             SELECT s, n, t, v, q, now()
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS x(s, n, t, v, q)
-             ON CONFLICT (session_id, name) DO UPDATE SET
-                 value_type = excluded.value_type, value = excluded.value,
-                 updated_seq = excluded.updated_seq, updated_at = excluded.updated_at",
-            &[&s, &n, &t, &v, &q],
-        )
-        .await
-        .map_err(sql("write device attributes"))?;
+        tx.execute(&st.attrs_write, &[&s, &n, &t, &v, &q])
+            .await
+            .map_err(sql("write device attributes"))?;
     }
     Ok(())
 }
 
-async fn write_history(tx: &Transaction<'_>, plan: &Plan, policy: &Policy) -> Result<(), DbError> {
+async fn write_history(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    plan: &Plan,
+    policy: &Policy,
+) -> Result<(), DbError> {
     if !plan.history.is_empty() {
         let h = &plan.history;
         let s: Vec<Uuid> = h.iter().map(|r| r.session_id).collect();
@@ -231,48 +354,25 @@ async fn write_history(tx: &Transaction<'_>, plan: &Plan, policy: &Policy) -> Re
         let env: Vec<&[u8]> = h.iter().map(|r| r.envelope.as_slice()).collect();
         let p: Vec<i32> = h.iter().map(|r| r.partition).collect();
         let o: Vec<i64> = h.iter().map(|r| r.offset).collect();
-        tx.execute(
-            "INSERT INTO device_events (session_id, seq, kind, ts_ms, envelope, kafka_partition, kafka_offset, recorded_at)
-             SELECT s, q, k, ts, e, p, o, now()
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::int[], $7::bigint[])
-                  AS x(s, q, k, ts, e, p, o)
-             ON CONFLICT (session_id, seq) DO NOTHING",
-            &[&s, &q, &k, &ts, &env, &p, &o],
-        )
-        .await
-        .map_err(sql("write device event history"))?;
+        tx.execute(&st.history, &[&s, &q, &k, &ts, &env, &p, &o])
+            .await
+            .map_err(sql("write device event history"))?;
     }
     let trims = plan.history_trims(policy);
     if !trims.is_empty() {
         let s: Vec<Uuid> = trims.iter().map(|t| t.0).collect();
         let q: Vec<i64> = trims.iter().map(|t| to_i64(t.1)).collect();
-        tx.execute(
-            "DELETE FROM device_events WHERE (session_id, seq) IN
-                 (SELECT e.session_id, e.seq FROM device_events e
-                  JOIN unnest($1::uuid[], $2::bigint[]) AS t(s, keep_after)
-                    ON e.session_id = t.s AND e.seq <= t.keep_after)",
-            &[&s, &q],
-        )
-        .await
-        .map_err(sql("trim device event history"))?;
+        tx.execute(&st.history_trim, &[&s, &q])
+            .await
+            .map_err(sql("trim device event history"))?;
     }
     Ok(())
 }
 
-async fn write_boxes(tx: &Transaction<'_>, plan: &Plan) -> Result<(), DbError> {
+async fn write_boxes(tx: &Transaction<'_>, st: &Statements, plan: &Plan) -> Result<(), DbError> {
     for (rae_id, b) in &plan.boxes {
         tx.execute(
-            "INSERT INTO boxes (rae_id, online, agent_version, started_ms, boot_count,
-                                last_birth_ms, last_will_ms, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-             ON CONFLICT (rae_id) DO UPDATE SET
-                 online = excluded.online,
-                 agent_version = COALESCE(excluded.agent_version, boxes.agent_version),
-                 started_ms = COALESCE(excluded.started_ms, boxes.started_ms),
-                 boot_count = COALESCE(excluded.boot_count, boxes.boot_count),
-                 last_birth_ms = COALESCE(excluded.last_birth_ms, boxes.last_birth_ms),
-                 last_will_ms = COALESCE(excluded.last_will_ms, boxes.last_will_ms),
-                 updated_at = excluded.updated_at",
+            &st.boxes,
             &[
                 rae_id,
                 &b.last.online,

@@ -4,11 +4,16 @@
 //!
 //! Invariants:
 //! - a partition's records reach its worker in order, through a bounded
-//!   channel; when the channel is full (the worker is retrying a batch
-//!   because the database is down) the partition is paused and the
-//!   records already received wait in a small stash, so memory stays
-//!   bounded while the consumer keeps polling (and keeps its group
-//!   membership);
+//!   channel ([`CHANNEL_RECORDS`]); when the channel is full (the worker
+//!   is behind, or retrying a batch because the database is down) records
+//!   wait in the partition's stash, and once the stash holds more than
+//!   [`STASH_MAX_BYTES`] the partition is paused (resumed below half of
+//!   it), so memory stays bounded while the consumer keeps polling (and
+//!   keeps its group membership). The stash holds a whole partition fetch
+//!   (`max.partition.fetch.bytes`, 1 MiB): pausing makes librdkafka drop
+//!   what it prefetched for the partition and fetch it again, so pausing
+//!   at the first record that does not fit (as this did before) threw
+//!   most of each fetch away during a backlog;
 //! - revokes are handled before the record that follows them is
 //!   dispatched (a rebalance runs inside `recv`), so a record of a new
 //!   assignment never lands in a retired pipeline (which would leave a
@@ -40,6 +45,11 @@ use tokio::task::JoinSet;
 
 /// Records buffered per partition between the dispatcher and its worker.
 const CHANNEL_RECORDS: usize = 2048;
+/// Bytes (keys + payloads) a partition's stash holds before the partition
+/// is paused.
+const STASH_MAX_BYTES: usize = 1 << 20;
+/// How often stashes are moved on into channels when no record arrives.
+const STASH_TICK: Duration = Duration::from_millis(20);
 
 type Tp = (String, i32);
 
@@ -102,7 +112,35 @@ struct Pipeline {
     tx: mpsc::Sender<OwnedMessage>,
     stop: watch::Sender<Stop>,
     stash: VecDeque<OwnedMessage>,
+    /// Keys + payloads in `stash`.
+    stash_bytes: usize,
     paused: bool,
+}
+
+fn record_bytes(m: &OwnedMessage) -> usize {
+    m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)
+}
+
+impl Pipeline {
+    /// Moves stashed records into the channel, in order, while it has
+    /// room. False if the worker is gone.
+    fn flush(&mut self) -> bool {
+        while let Some(m) = self.stash.pop_front() {
+            let bytes = record_bytes(&m);
+            match self.tx.try_send(m) {
+                Ok(()) => self.stash_bytes -= bytes,
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    self.stash.push_front(m);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(m)) => {
+                    self.stash.push_front(m);
+                    return false;
+                }
+            }
+        }
+        true
+    }
 }
 
 /// See the module docs.
@@ -175,7 +213,8 @@ impl Dispatcher {
             self.shared.batch_max_records,
             self.shared.batch_max_wait
         );
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut tick = tokio::time::interval(STASH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let consumer = self.consumer.clone();
         loop {
             tokio::select! {
@@ -215,22 +254,21 @@ impl Dispatcher {
         let Some(p) = self.pipelines.get_mut(&tp) else {
             return;
         };
-        if p.paused || !p.stash.is_empty() {
-            p.stash.push_back(m);
+        p.stash_bytes += record_bytes(&m);
+        p.stash.push_back(m);
+        if !p.flush() {
+            // The worker ended (revoked); the records are redelivered.
+            if let Some(p) = self.pipelines.remove(&tp) {
+                if p.paused {
+                    self.metrics.paused_partitions.add(-1);
+                }
+            }
             return;
         }
-        match p.tx.try_send(m) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(m)) => {
-                p.stash.push_back(m);
-                p.paused = true;
-                pause(&self.consumer, &tp, true);
-                self.metrics.paused_partitions.add(1);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                // The worker ended (revoked); the record is redelivered.
-                self.pipelines.remove(&tp);
-            }
+        if !p.paused && p.stash_bytes > STASH_MAX_BYTES {
+            p.paused = true;
+            pause(&self.consumer, &tp, true);
+            self.metrics.paused_partitions.add(1);
         }
     }
 
@@ -243,7 +281,7 @@ impl Dispatcher {
             rx,
             stop: stop_rx,
             shared: self.shared.clone(),
-            client: None,
+            db: None,
         };
         self.workers.spawn(worker.run());
         self.pipelines.insert(
@@ -252,6 +290,7 @@ impl Dispatcher {
                 tx,
                 stop: stop_tx,
                 stash: VecDeque::new(),
+                stash_bytes: 0,
                 paused: false,
             },
         );
@@ -259,17 +298,9 @@ impl Dispatcher {
 
     fn drain_stashes(&mut self) {
         for (tp, p) in self.pipelines.iter_mut() {
-            while let Some(m) = p.stash.pop_front() {
-                match p.tx.try_send(m) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(m))
-                    | Err(mpsc::error::TrySendError::Closed(m)) => {
-                        p.stash.push_front(m);
-                        break;
-                    }
-                }
-            }
-            if p.paused && p.stash.is_empty() {
+            // A closed channel (revoked worker) is retired by handle_revokes.
+            p.flush();
+            if p.paused && p.stash_bytes <= STASH_MAX_BYTES / 2 {
                 p.paused = false;
                 pause(&self.consumer, tp, false);
                 self.metrics.paused_partitions.add(-1);
@@ -348,5 +379,70 @@ fn pause(consumer: &StreamConsumer<RegistryContext>, tp: &Tp, pause: bool) {
             if pause { "paused" } else { "resumed" }
         ),
         Err(e) => log::debug!("{}[{}]: pause/resume: {e}", tp.0, tp.1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rdkafka::Timestamp;
+
+    fn record(offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(vec![0; 100]),
+            Some(b"key".to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    fn pipeline(capacity: usize) -> (Pipeline, mpsc::Receiver<OwnedMessage>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (stop, _) = watch::channel(Stop::Running);
+        let p = Pipeline {
+            tx,
+            stop,
+            stash: VecDeque::new(),
+            stash_bytes: 0,
+            paused: false,
+        };
+        (p, rx)
+    }
+
+    fn push(p: &mut Pipeline, m: OwnedMessage) -> bool {
+        p.stash_bytes += record_bytes(&m);
+        p.stash.push_back(m);
+        p.flush()
+    }
+
+    #[test]
+    fn records_beyond_a_full_channel_wait_in_the_stash_and_leave_it_in_offset_order() {
+        let (mut p, mut rx) = pipeline(2);
+        for offset in 0..5 {
+            assert!(push(&mut p, record(offset)));
+        }
+        assert_eq!(p.stash.len(), 3);
+        assert_eq!(p.stash_bytes, 3 * 103);
+        let mut seen = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            seen.push(m.offset());
+            assert!(p.flush());
+        }
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert!(p.stash.is_empty());
+        assert_eq!(p.stash_bytes, 0);
+    }
+
+    #[test]
+    fn a_closed_channel_keeps_the_stash_and_reports_the_worker_gone() {
+        let (mut p, rx) = pipeline(1);
+        drop(rx);
+        assert!(!push(&mut p, record(7)));
+        assert_eq!(p.stash.len(), 1);
+        assert_eq!(p.stash_bytes, 103);
     }
 }

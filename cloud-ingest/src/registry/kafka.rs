@@ -11,15 +11,32 @@ use crate::config::KafkaSettings;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 
-const CONSUMER_DEFAULTS: [(&str, &str); 6] = [
+/// Measured in docs/BENCHMARKS.md ("Cloud registry"); the reasons are in
+/// docs/CLOUD.md ("Consumer tuning").
+const CONSUMER_DEFAULTS: [(&str, &str); 9] = [
     // Consumer lag per partition for /metrics comes from the statistics.
     ("statistics.interval.ms", "5000"),
     ("auto.offset.reset", "earliest"),
-    // Bounded prefetch: librdkafka's default queue (64 MiB per partition)
-    // would dominate the registry's memory during a burst.
+    // Bounded prefetch: librdkafka's default queue (64 MiB) would dominate
+    // the registry's memory during a burst. The thresholds apply to the
+    // one consumer queue that all partitions feed.
     ("queued.max.messages.kbytes", "4096"),
     ("queued.min.messages", "2000"),
-    ("fetch.max.bytes", "4194304"),
+    // With thresholds this low, librdkafka's default 1 s pause of a
+    // partition's fetches once they are exceeded left the pipelines idle
+    // (its documentation says to lower it in that case).
+    ("fetch.queue.backoff.ms", "20"),
+    // At most one partition's fetch (1 MiB) per request: fits the
+    // dispatcher's per-partition stash (dispatch::STASH_MAX_BYTES), and
+    // bounds brokers that fill a response from its first partition.
+    ("fetch.max.bytes", "1048576"),
+    ("max.partition.fetch.bytes", "1048576"),
+    // Long-poll bound. A broker answers as soon as data is there, so this
+    // only matters for idle partitions (10 empty fetches/s instead of 2),
+    // and a fetch that carries only idle partitions (the status topic
+    // while the events partitions wait on the queue thresholds) holds up
+    // the next one for at most this long.
+    ("fetch.wait.max.ms", "100"),
     ("log_level", "4"),
 ];
 const CONSUMER_FIXED: [(&str, &str); 2] = [
@@ -40,11 +57,14 @@ const PRODUCER_ONLY: [&str; 5] = [
     "linger.ms",
     "compression.type",
 ];
-const CONSUMER_ONLY: [&str; 6] = [
+const CONSUMER_ONLY: [&str; 9] = [
     "auto.offset.reset",
     "queued.max.messages.kbytes",
     "queued.min.messages",
+    "fetch.queue.backoff.ms",
     "fetch.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.wait.max.ms",
     "enable.auto.commit",
     "enable.auto.offset.store",
 ];

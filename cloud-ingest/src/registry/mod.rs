@@ -34,6 +34,8 @@ pub struct RegistryMetrics {
     pub last_batch_size: Value,
     pub last_batch_latency_ms: Value,
     pub batch_latency_ms_total: Value,
+    pub batch_fill_ms_total: Value,
+    pub idle_ms_total: Value,
     pub applied: Value,
     pub duplicates: Value,
     pub gaps: Value,
@@ -64,6 +66,14 @@ impl RegistryMetrics {
             batch_latency_ms_total: m.counter(
                 "rae_registry_batch_latency_ms_total",
                 "Sum of batch latencies (divide by rae_registry_batches_total).",
+            ),
+            batch_fill_ms_total: m.counter(
+                "rae_registry_batch_fill_ms_total",
+                "Milliseconds pipelines spent collecting batches (first record to batch close).",
+            ),
+            idle_ms_total: m.counter(
+                "rae_registry_idle_ms_total",
+                "Milliseconds pipelines spent waiting for the first record of a batch.",
             ),
             applied: m.counter("rae_registry_events_applied_total", "Envelopes applied."),
             duplicates: m.counter(

@@ -71,7 +71,16 @@ pub struct Worker {
     pub rx: mpsc::Receiver<OwnedMessage>,
     pub stop: watch::Receiver<Stop>,
     pub shared: Shared,
-    pub client: Option<tokio_postgres::Client>,
+    /// The database connection and its prepared statements (None until the
+    /// first batch, and after a connection error).
+    pub db: Option<Db>,
+}
+
+/// A connection with the registry's statements prepared on it.
+#[derive(Debug)]
+pub struct Db {
+    client: tokio_postgres::Client,
+    statements: write::Statements,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +92,10 @@ enum BatchError {
         topic: String,
         source: rdkafka::error::KafkaError,
     },
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn now_ms() -> u64 {
@@ -104,13 +117,19 @@ impl Worker {
         } else {
             Source::Events
         };
+        let metrics = self.shared.metrics.clone();
         loop {
+            let idle_since = Instant::now();
             let first = tokio::select! {
                 m = self.rx.recv() => match m { Some(m) => m, None => return },
                 _ = self.stop.changed() => return,
             };
+            let opened = Instant::now();
+            metrics
+                .idle_ms_total
+                .add(ms(opened.duration_since(idle_since)));
             let mut batch = vec![first];
-            let deadline = Instant::now() + self.shared.batch_max_wait;
+            let deadline = opened + self.shared.batch_max_wait;
             let mut stopping = false;
             while batch.len() < self.shared.batch_max_records {
                 tokio::select! {
@@ -123,6 +142,7 @@ impl Worker {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
+            metrics.batch_fill_ms_total.add(ms(opened.elapsed()));
             if self.stop_state() == Stop::Revoked {
                 return;
             }
@@ -175,10 +195,10 @@ impl Worker {
                     } else {
                         self.shared.metrics.db_errors.inc();
                     }
-                    if self.client.as_ref().is_some_and(|c| c.is_closed())
+                    if self.db.as_ref().is_some_and(|d| d.client.is_closed())
                         || matches!(&e, BatchError::Db(DbError::Connect(_)))
                     {
-                        self.client = None;
+                        self.db = None;
                     }
                     let level = if attempt == 1 || attempt.is_multiple_of(10) {
                         log::Level::Warn
@@ -206,24 +226,25 @@ impl Worker {
     }
 
     async fn apply_once(&mut self, items: &[Item]) -> Result<Plan, BatchError> {
-        if self.client.is_none() {
-            let client = db::connect(&self.shared.db_url).await?;
-            db::migrate::check_version(&client).await?;
-            self.client = Some(client);
-        }
-        let Some(client) = self.client.as_mut() else {
-            return Err(BatchError::Db(DbError::SchemaTooOld {
-                found: 0,
-                needed: 0,
-            }));
+        let conn = match self.db.take() {
+            Some(conn) => conn,
+            None => {
+                let client = db::connect(&self.shared.db_url).await?;
+                db::migrate::check_version(&client).await?;
+                let statements = write::Statements::prepare(&client).await?;
+                Db { client, statements }
+            }
         };
-        let tx = client
+        let conn = self.db.insert(conn);
+        let tx = conn
+            .client
             .transaction()
             .await
             .map_err(db::sql("begin a transaction"))?;
-        let loaded = write::load_sessions(&tx, &sessions_needed(items)).await?;
+        let st = &conn.statements;
+        let loaded = write::load_sessions(&tx, st, &sessions_needed(items)).await?;
         let plan = plan_batch(items, &loaded, now_ms(), &self.shared.policy);
-        write::write_plan(&tx, &plan, &self.shared.policy).await?;
+        write::write_plan(&tx, st, &plan, &self.shared.policy).await?;
         produce_side_records(&self.shared, &self.topic, items, &plan).await?;
         tx.commit()
             .await
@@ -237,8 +258,8 @@ impl Worker {
         m.batches.inc();
         m.batch_records.add(items.len() as i64);
         m.last_batch_size.set(items.len() as i64);
-        m.last_batch_latency_ms.set(took.as_millis() as i64);
-        m.batch_latency_ms_total.add(took.as_millis() as i64);
+        m.last_batch_latency_ms.set(ms(took));
+        m.batch_latency_ms_total.add(ms(took));
         m.applied.add(plan.counts.applied as i64);
         m.duplicates.add(plan.counts.duplicates as i64);
         m.gaps.add(plan.counts.gaps as i64);
