@@ -156,7 +156,7 @@ pub fn hint(text: &str, client_cert_keys: &str) -> Option<String> {
         Some("the server rejected our client certificate".to_string())
     } else if text.contains("UnknownIssuer") {
         Some("the server's certificate is not signed by the configured CA".to_string())
-    } else if text.contains("NotValidForName") {
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
         Some("the server's certificate does not name the host we connect to".to_string())
     } else {
         None

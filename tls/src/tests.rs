@@ -102,5 +102,12 @@ fn hints_name_the_likely_cause() {
     assert!(hint("received fatal alert: UnknownCA", keys)
         .unwrap()
         .contains("rejected our client certificate"));
+    let h = hint(
+        "invalid peer certificate: certificate not valid for name \"b.example\"; certificate \
+         is only valid for DnsName(\"localhost\")",
+        keys,
+    )
+    .unwrap();
+    assert!(h.contains("does not name the host"), "{h}");
     assert_eq!(hint("connection refused", keys), None);
 }
