@@ -188,6 +188,30 @@ mod tests {
         );
     }
 
+    fn mqtt_settings(toml: &str) -> MqttSettings {
+        crate::config::parse(toml, std::path::Path::new("test.toml"))
+            .expect("valid")
+            .mqtt
+    }
+
+    #[test]
+    fn mqtts_gets_a_tls_transport_even_when_its_files_cannot_be_loaded() {
+        let plain = mqtt_settings("[mqtt]\nbroker = \"mqtt://b\"\n");
+        assert!(matches!(
+            options(&plain, "c", false).transport(),
+            rumqttc::Transport::Tcp
+        ));
+        // Validation does not read files; here they do not exist.
+        let tls =
+            mqtt_settings("[mqtt]\nbroker = \"mqtts://b\"\nca_file = \"/nonexistent/ca.pem\"\n");
+        match options(&tls, "c", false).transport() {
+            rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple { ca, .. }) => {
+                assert!(ca.is_empty())
+            }
+            _ => panic!("not the CA-less TLS transport"),
+        }
+    }
+
     #[test]
     fn reconnect_delay_doubles_up_to_the_maximum() {
         let max = Duration::from_secs(30);
