@@ -195,8 +195,12 @@ impl Worker {
                     } else {
                         self.shared.metrics.db_errors.inc();
                     }
+                    // A database error other than a conflict starts over
+                    // with a new connection and freshly prepared statements
+                    // (a prepared statement can go stale, e.g. after a
+                    // migration: "cached plan must not change result type").
                     if self.db.as_ref().is_some_and(|d| d.client.is_closed())
-                        || matches!(&e, BatchError::Db(DbError::Connect(_)))
+                        || matches!(&e, BatchError::Db(_) if !conflict)
                     {
                         self.db = None;
                     }
