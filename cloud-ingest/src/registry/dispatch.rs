@@ -26,6 +26,7 @@
 
 use super::kafka::{consumer_config, producer_config};
 use super::plan::Policy;
+use super::side_producer::SideProducer;
 use super::worker::{Shared, Stop, Worker};
 use super::{RegistryMetrics, SHUTDOWN_DEADLINE};
 use crate::config::Settings;
@@ -35,7 +36,6 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use rdkafka::TopicPartitionList;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -170,7 +170,7 @@ impl Dispatcher {
                 metrics: metrics.clone(),
             })?;
         consumer.subscribe(&[kafka.events_topic.as_str(), kafka.status_topic.as_str()])?;
-        let producer: FutureProducer = producer_config(kafka).create()?;
+        let producer = Arc::new(SideProducer::new(producer_config(kafka))?);
         let consumer = Arc::new(consumer);
         let r = &settings.registry;
         let shared = Shared {

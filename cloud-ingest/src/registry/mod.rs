@@ -3,6 +3,8 @@
 //! - [`classify`] and [`plan`]: the pure core (what a record is, what a
 //!   batch writes and sends); no I/O, tested without tokio;
 //! - [`kafka`]: client configs and the records the registry produces;
+//! - [`side_producer`]: the producer of those records, replaced when the
+//!   broker lost its state (a restarted Kafka);
 //! - [`worker`]: one ordered pipeline per partition, one database
 //!   transaction per batch, offsets stored and committed only after it;
 //! - [`dispatch`]: the consumer group member that feeds the workers,
@@ -13,6 +15,7 @@ pub mod classify;
 pub mod dispatch;
 pub mod kafka;
 pub mod plan;
+pub mod side_producer;
 pub mod worker;
 
 use crate::config::Settings;

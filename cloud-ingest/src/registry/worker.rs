@@ -19,11 +19,12 @@ use super::classify::{classify, Source};
 use super::dispatch::RegistryContext;
 use super::kafka::{command_headers, dlq_headers, resync_payload};
 use super::plan::{plan_batch, sessions_needed, Item, Plan, Policy};
+use super::side_producer::SideProducer;
 use super::RegistryMetrics;
 use crate::db::{self, write, DbError};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -43,7 +44,7 @@ pub enum Stop {
 #[derive(Clone)]
 pub struct Shared {
     pub consumer: Arc<StreamConsumer<RegistryContext>>,
-    pub producer: FutureProducer,
+    pub producer: Arc<SideProducer>,
     pub db_url: String,
     pub dlq_topic: String,
     pub commands_topic: String,
@@ -303,6 +304,7 @@ async fn produce_side_records(
     items: &[Item],
     plan: &Plan,
 ) -> Result<(), BatchError> {
+    let (generation, producer) = shared.producer.get();
     let mut pending = Vec::new();
     for d in &plan.dead {
         let item = &items[d.index];
@@ -326,7 +328,7 @@ async fn produce_side_records(
         if let Some(key) = &item.key {
             record = record.key(key.as_slice());
         }
-        let sent = shared.producer.send_result(record).map_err(|(e, _)| e);
+        let sent = producer.send_result(record).map_err(|(e, _)| e);
         pending.push((shared.dlq_topic.as_str(), sent));
     }
     for r in &plan.resyncs {
@@ -340,7 +342,7 @@ async fn produce_side_records(
             .payload(payload.as_slice())
             .key(r.rae_id.as_bytes())
             .headers(command_headers("resync"));
-        let sent = shared.producer.send_result(record).map_err(|(e, _)| e);
+        let sent = producer.send_result(record).map_err(|(e, _)| e);
         pending.push((shared.commands_topic.as_str(), sent));
     }
     for (topic, sent) in pending {
@@ -351,7 +353,12 @@ async fn produce_side_records(
         let future = sent.map_err(produce_err)?;
         match future.await {
             Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(produce_err(e)),
+            Ok(Err((e, _))) => {
+                // A broker that lost the producer's state: a new producer
+                // for the retry (see side_producer).
+                shared.producer.failed(generation, &e);
+                return Err(produce_err(e));
+            }
             Err(_) => return Err(produce_err(rdkafka::error::KafkaError::Canceled)),
         }
     }
