@@ -16,18 +16,29 @@
 //! **What a restart can show.** `memory://` storage lives in the process:
 //! a killed Tansu comes back *empty* (no topics, no records, no consumer
 //! group offsets, no idempotent-producer state). The 0.6.0 binary built
-//! with `--features dynostore` offers only `memory://` and `s3://`; a
-//! file-backed engine (`sqlite://`, feature `libsql`) would need another
-//! ~13-minute build. So a restart test can show that messages sent *while
-//! Tansu is down* arrive once it is back (and that clients recover from a
-//! broker that lost their state), never that records written before the
-//! kill survive it.
+//! with `--features dynostore` offers only `memory://` and `s3://`: its
+//! `--help` names `postgres://...` as an example, but the engine is behind
+//! the `postgres` feature (checked: `--storage-engine postgres://...` exits
+//! with `FeatureNotEnabled { feature: "postgres" }`); a durable engine
+//! (`postgres`, or `sqlite://` with `libsql`) would need another ~13-minute
+//! build. So a restart test can show that messages sent *while Tansu is
+//! down* arrive once it is back (and that clients recover from a broker
+//! that lost their state, their group and their committed offsets), never
+//! that records written before the kill survive it.
+//!
+//! **High watermark.** Tansu 0.6.0 reports as a partition's high
+//! watermark the base offset of its last record batch, not the offset
+//! after its last record (seen: 147 records at offsets 0..=146, the last
+//! batch holding 6, watermark 141). Consumer lag computed from it is low
+//! by the size of the last batch minus one; the log end is best taken
+//! from the records read ([`Tansu::read`]).
 //!
 //! A missing `tansu` binary is an error naming the install command
 //! ([`INSTALL`]). Environment variables Tansu reads as defaults
 //! (`CLUSTER_ID`, `LISTENER_URL`, ...) are removed from its environment.
 //! Dropping a [`Tansu`] SIGKILLs it.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -352,24 +363,10 @@ impl Tansu {
     /// records arrived or `timeout` passed, whichever is first; then
     /// returns what arrived, ordered by (partition, offset).
     pub fn read(&self, topic: &str, want: usize, timeout: Duration) -> Result<Vec<Record>> {
-        let consumer: BaseConsumer = self
-            .config()
-            .set("group.id", "rae-tests-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .context("creating the reader")?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .with_context(|| format!("metadata of {topic}"))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        ensure!(partitions > 0, "topic {topic} has no partitions");
+        let (consumer, partitions) = self.group_client("rae-tests-reader", topic)?;
         let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition_offset(topic, i32::try_from(p)?, Offset::Beginning)?;
+        for p in partitions {
+            list.add_partition_offset(topic, p, Offset::Beginning)?;
         }
         consumer.assign(&list)?;
         let deadline = Instant::now() + timeout;
@@ -398,6 +395,51 @@ impl Tansu {
         }
         records.sort_by_key(|r| (r.partition, r.offset));
         Ok(records)
+    }
+
+    /// A consumer in `group` (no auto commit, nothing assigned yet) and
+    /// the partition ids of `topic` (an error if it has none).
+    fn group_client(&self, group: &str, topic: &str) -> Result<(BaseConsumer, Vec<i32>)> {
+        let consumer: BaseConsumer = self
+            .config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .with_context(|| format!("creating a client in group {group}"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .with_context(|| format!("metadata of {topic}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+        Ok((consumer, partitions))
+    }
+
+    /// Per partition of `topic`: the offset `group` committed there (the
+    /// next one it will read), if any; an OffsetFetch, without joining the
+    /// group. (For the log end use the records [`Tansu::read`] returns:
+    /// Tansu 0.6.0's high watermark is the base offset of the last record
+    /// batch, not the offset after its last record — see the module docs.)
+    pub fn committed(&self, group: &str, topic: &str) -> Result<BTreeMap<i32, Option<i64>>> {
+        let (consumer, partitions) = self.group_client(group, topic)?;
+        let mut list = TopicPartitionList::new();
+        for p in partitions {
+            list.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(5))
+            .with_context(|| format!("offsets of group {group} on {topic}"))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), Some(o)),
+                _ => (e.partition(), None),
+            })
+            .collect())
     }
 
     /// The whole log so far (across restarts).

@@ -54,33 +54,58 @@ impl Lab {
     /// A bridge config for client id `name` (plus `extra` TOML appended at
     /// the end of `[kafka.properties]`).
     pub fn config(&self, name: &str, max_in_flight: u16, kafka_props: &str) -> Result<Config> {
-        let metrics_port = free_port()?;
-        let toml = format!(
-            "log_level = \"debug\"\n\n[mqtt]\nbroker = {:?}\nclient_id = {name:?}\n\
-             max_in_flight = {max_in_flight}\nreconnect_max_backoff_secs = 1\n\n\
-             [kafka]\nbrokers = {:?}\n\n[kafka.properties]\n{kafka_props}\n\n\
-             [metrics]\nbridge_listen = \"127.0.0.1:{metrics_port}\"\nregistry_listen = \"\"\n",
-            self.mosquitto.url(),
-            self.tansu.bootstrap(),
-        );
-        let path = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, toml)?;
-        Ok(Config {
-            path,
-            metrics_port,
-            log: self.dir.path().join(format!("{name}.log")),
-            client_id: name.to_string(),
-        })
+        write_config(
+            self.dir.path(),
+            name,
+            &self.mosquitto.url(),
+            &self.tansu.bootstrap(),
+            max_in_flight,
+            kafka_props,
+        )
     }
 
     /// Waits until mosquitto logged the SUBACK to `client_id` `n` times.
     pub fn wait_subscribed(&self, client_id: &str, n: usize) -> Result<()> {
-        let needle = format!("Sending SUBACK to {client_id}\n");
-        wait("the bridge's SUBACKs", Duration::from_secs(20), || {
-            Ok(self.mosquitto.log_text().matches(&needle).count() >= n)
-        })
-        .with_context(|| self.mosquitto.log_tail())
+        wait_subscribed(&self.mosquitto, client_id, n)
     }
+}
+
+/// Writes `{dir}/{name}.toml`: a bridge config for client id `name` on
+/// the given brokers (plus `kafka_props` TOML appended at the end of
+/// `[kafka.properties]`), with its metrics on a free port and its log
+/// going to `{dir}/{name}.log`.
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    mqtt_url: &str,
+    kafka_bootstrap: &str,
+    max_in_flight: u16,
+    kafka_props: &str,
+) -> Result<Config> {
+    let metrics_port = free_port()?;
+    let toml = format!(
+        "log_level = \"debug\"\n\n[mqtt]\nbroker = {mqtt_url:?}\nclient_id = {name:?}\n\
+         max_in_flight = {max_in_flight}\nreconnect_max_backoff_secs = 1\n\n\
+         [kafka]\nbrokers = {kafka_bootstrap:?}\n\n[kafka.properties]\n{kafka_props}\n\n\
+         [metrics]\nbridge_listen = \"127.0.0.1:{metrics_port}\"\nregistry_listen = \"\"\n",
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml)?;
+    Ok(Config {
+        path,
+        metrics_port,
+        log: dir.join(format!("{name}.log")),
+        client_id: name.to_string(),
+    })
+}
+
+/// Waits until `mosquitto` logged the SUBACK to `client_id` `n` times.
+pub fn wait_subscribed(mosquitto: &Mosquitto, client_id: &str, n: usize) -> Result<()> {
+    let needle = format!("Sending SUBACK to {client_id}\n");
+    wait("the bridge's SUBACKs", Duration::from_secs(20), || {
+        Ok(mosquitto.log_text().matches(&needle).count() >= n)
+    })
+    .with_context(|| mosquitto.log_tail())
 }
 
 /// A written bridge config.
@@ -185,6 +210,39 @@ impl Bridge {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGSTOP: the process stops producing (and acking) at once; what it
+    /// already wrote to its sockets is still delivered. [`Bridge::thaw`]
+    /// resumes it.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Bridge::freeze`].
+    pub fn thaw(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.pid().context("the bridge is not running")?)?;
+        // SAFETY: kill(2) on our own unreaped child.
+        ensure!(
+            unsafe { libc::kill(pid, signal) } == 0,
+            "kill({signal}) failed"
+        );
+        Ok(())
+    }
+
+    /// If it exited: reaps it, starts it again with the same config (as a
+    /// supervisor's restart-on-failure would) and returns how it ended.
+    pub fn restart_if_exited(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(status) = self.try_exit()? else {
+            return Ok(None);
+        };
+        self.child = None;
+        self.spawn()?;
+        Ok(Some(status))
     }
 
     /// Its exit status, if it exited.

@@ -57,10 +57,7 @@ impl Cloud {
         let dir = tempfile::tempdir()?;
         let pg = Postgres::start(&dir.path().join("pg"))?;
         let kafka = Tansu::start(&dir.path().join("tansu"))?;
-        kafka.create_topic(EVENTS, partitions)?;
-        kafka.create_topic(STATUS, 1)?;
-        kafka.create_topic(COMMANDS, 1)?;
-        kafka.create_topic(DLQ, 1)?;
+        create_topics(&kafka, partitions)?;
         let metrics_port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
@@ -173,6 +170,43 @@ impl Cloud {
     }
 }
 
+/// The registry's four topics (events with `partitions` partitions), e.g.
+/// again on a Tansu restarted empty.
+pub fn create_topics(kafka: &Tansu, partitions: i32) -> Result<()> {
+    kafka.create_topic(EVENTS, partitions)?;
+    kafka.create_topic(STATUS, 1)?;
+    kafka.create_topic(COMMANDS, 1)?;
+    kafka.create_topic(DLQ, 1)?;
+    Ok(())
+}
+
+/// Checks that the database holds session `session_id` complete up to
+/// `last`: `device_sessions.last_seq = last`, not stale, and its history
+/// (`device_events`) is exactly the seqs `1..=last` (the primary key
+/// makes duplicates impossible, so count, min and max pin it down: no
+/// hole, nothing beyond). Needs `last` <= the history bound.
+pub fn check_complete(pg: &Postgres, session_id: &Uuid, last: u64) -> Result<()> {
+    let session = pg.query(&format!(
+        "SELECT last_seq::text, stale::text FROM device_sessions WHERE session_id = '{session_id}'"
+    ))?;
+    let history = pg.query(&format!(
+        "SELECT count(*)::text, min(seq)::text, max(seq)::text FROM device_events \
+         WHERE session_id = '{session_id}'"
+    ))?;
+    let want_session = vec![vec![Some(last.to_string()), Some("false".to_string())]];
+    let want_history = vec![vec![
+        Some(last.to_string()),
+        Some("1".to_string()),
+        Some(last.to_string()),
+    ]];
+    ensure!(
+        session == want_session && history == want_history,
+        "session {session_id}: (last_seq, stale) {session:?}, history (count, min, max) \
+         {history:?}; want {want_session:?} and {want_history:?}"
+    );
+    Ok(())
+}
+
 pub fn send_retrying(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
@@ -267,6 +301,11 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Its exit status if it exited (it should not on its own).
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     pub fn log_text(&self) -> String {
