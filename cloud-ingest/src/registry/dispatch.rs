@@ -12,8 +12,8 @@
 //!   keeps its group membership). The stash holds a whole partition fetch
 //!   (`max.partition.fetch.bytes`, 1 MiB): pausing makes librdkafka drop
 //!   what it prefetched for the partition and fetch it again, so pausing
-//!   at the first record that does not fit (as this did before) threw
-//!   most of each fetch away during a backlog;
+//!   at the first record that does not fit the channel would throw most
+//!   of each fetch away during a backlog;
 //! - revokes are handled before the record that follows them is
 //!   dispatched (a rebalance runs inside `recv`), so a record of a new
 //!   assignment never lands in a retired pipeline (which would leave a
