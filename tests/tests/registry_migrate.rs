@@ -83,3 +83,22 @@ fn migrate_against_a_stopped_database_fails_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot connect to the database"), "{err}");
 }
+
+#[test]
+fn a_migration_the_database_refuses_fails_with_the_servers_own_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(dir.path()).unwrap();
+    // A version table of another shape, where migrate reads the version.
+    pg.query("CREATE TABLE rae_schema_migrations (unrelated integer)")
+        .unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", pg.url())).unwrap();
+    let out = migrate(&config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("read the schema version"), "{err}");
+    // Not just the driver's "db error": the server's message, naming what
+    // is wrong.
+    assert!(err.contains("ERROR: column"), "{err}");
+    assert_eq!(err.matches("db error").count(), 1, "said once: {err}");
+}

@@ -33,11 +33,12 @@ pub enum DbError {
     Url(String),
     #[error("database TLS: {0}")]
     Tls(rae_tls::TlsError),
-    #[error("{step}: {source}")]
+    /// Like `Connect`, the message carries the server's own text (a bare
+    /// `tokio_postgres::Error` prints only "db error").
+    #[error("{step}: {}", with_causes(.error))]
     Sql {
         step: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     #[error("the database schema is at version {found}, newer than this binary knows ({known}); upgrade rae-cloud-ingest")]
     SchemaTooNew { found: i64, known: i64 },
@@ -59,14 +60,14 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// Attaches the failing step to a driver error.
 pub(crate) fn sql(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
-    move |source| DbError::Sql { step, source }
+    move |error| DbError::Sql { step, error }
 }
 
 impl DbError {
     /// The driver error, if any.
     pub fn source_pg(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            DbError::Connect(e) | DbError::Sql { source: e, .. } => Some(e),
+            DbError::Connect(e) | DbError::Sql { error: e, .. } => Some(e),
             _ => None,
         }
     }
