@@ -13,16 +13,22 @@
 //!    the time until every history row is in PostgreSQL is measured. The
 //!    baseline is a binary COPY of the same N history rows into a scratch
 //!    table of the same shape, in the same PostgreSQL, in the same run.
+//!    Then the registry's database stage alone (its own classify/apply/
+//!    COMMIT code driven without Kafka, tests/benches/support/apply.rs)
+//!    with 4 and 1 pipelines, against the same COPY baseline.
 //! 2. Burst: 100k and then 1M envelopes pre-loaded, a fresh registry each
 //!    time: drain rate, peak RSS (VmHWM), and lag back to 0.
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/apply.rs"]
+mod apply;
 #[path = "../tests/registry_support/mod.rs"]
 mod registry_support;
 
 use anyhow::{ensure, Context, Result};
 use rae_protocol::Envelope;
+use rae_tests::postgres::Postgres;
 use rdkafka::producer::Producer;
 use registry_support::*;
 use std::time::{Duration, Instant};
@@ -261,10 +267,10 @@ fn print_plain_reads(
     Ok(())
 }
 
-fn copy_baseline(cloud: &Cloud, envs: &[Envelope]) -> Result<f64> {
+fn copy_baseline(pg: &Postgres, envs: &[Envelope]) -> Result<f64> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
-    cloud.pg.query(
+    pg.query(
         "DROP TABLE IF EXISTS scratch_events; CREATE TABLE scratch_events (LIKE device_events INCLUDING ALL)",
     )?;
     let rows: Vec<(uuid::Uuid, i64, &'static str, i64, Vec<u8>)> = envs
@@ -279,7 +285,7 @@ fn copy_baseline(cloud: &Cloud, envs: &[Envelope]) -> Result<f64> {
             ))
         })
         .collect::<Result<_>>()?;
-    let url = cloud.pg.url();
+    let url = pg.url();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -332,12 +338,69 @@ const REGISTRY_PREFETCH: [(&str, &str); 6] = [
     ("fetch.wait.max.ms", "100"),
 ];
 
+/// The registry's database stage alone (no Kafka), same rows, same
+/// server, 4 and 1 pipelines. `RAE_BENCH_DB_ROUNDS` rounds (default 3),
+/// each with its own COPY baseline taken just before (this shared
+/// machine's COPY rate varies 1.5-2x between minutes); prints each
+/// round and the median ratio.
+fn database_stage(pg: &Postgres, envs: &[Envelope]) -> Result<()> {
+    let n = envs.len();
+    let rounds: usize = std::env::var("RAE_BENCH_DB_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for pipelines in [4, 1] {
+        let mut ratios = Vec::new();
+        for round in 1..=rounds {
+            let copy_rate = n as f64 / copy_baseline(pg, envs)?;
+            let a = apply::run(
+                &pg.url(),
+                &format!("apply_bench_{pipelines}_{round}"),
+                envs,
+                pipelines,
+                1000,
+            )?;
+            let rate = n as f64 / a.secs;
+            println!(
+                "database stage alone ({pipelines} pipeline(s), batches of 1000, no Kafka), round {round}: \
+                 {rate:.0} events/s ({n} in {:.2} s, {} batches, {:.1} ms per batch, busy {:.1} pipeline-s); \
+                 COPY {copy_rate:.0} rows/s; ratio {:.2}",
+                a.secs,
+                a.batches,
+                a.busy_secs * 1000.0 / a.batches.max(1) as f64,
+                a.busy_secs,
+                rate / copy_rate,
+            );
+            ratios.push(rate / copy_rate);
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "database stage alone ({pipelines} pipeline(s)): median ratio to COPY {:.2} over {rounds} round(s) (target >= 0.5)",
+            ratios[ratios.len() / 2]
+        );
+    }
+    Ok(())
+}
+
+/// `RAE_BENCH_DB_ONLY=1`: PostgreSQL only, the COPY baseline and the
+/// database stage (no Kafka, no release binary needed).
+fn database_only(n: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pg = Postgres::start(&dir.path().join("pg"))?;
+    apply::migrate(&pg.url())?;
+    let envs = envelopes(1000, (n / 1000) as u64);
+    database_stage(&pg, &envs)
+}
+
 fn main() -> Result<()> {
-    binary(HINT).context("the bench runs the release binary")?;
     let n_tp: usize = std::env::var("RAE_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    if std::env::var_os("RAE_BENCH_DB_ONLY").is_some() {
+        return database_only(n_tp);
+    }
+    binary(HINT).context("the bench runs the release binary")?;
     let burst_max: usize = std::env::var("RAE_BENCH_BURST_MAX")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -384,7 +447,7 @@ fn main() -> Result<()> {
         d.pipeline_ms.1 as f64 / 1000.0,
         d.cpu_secs
     );
-    let copy_secs = copy_baseline(&cloud, &envs)?;
+    let copy_secs = copy_baseline(&cloud.pg, &envs)?;
     let copy_rate = n as f64 / copy_secs;
     let steady = d.steady_rate(n as i64);
     println!(
@@ -404,6 +467,7 @@ fn main() -> Result<()> {
             .map(|r| format!("{:.2}", r / copy_rate))
             .unwrap_or_else(|| "-".into()),
     );
+    database_stage(&cloud.pg, &envs)?;
     drop(cloud);
 
     // 2. Burst.

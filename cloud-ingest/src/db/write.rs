@@ -12,7 +12,7 @@
 //! prepared once per connection ([`Statements`]), not parsed per batch.
 
 use super::{sql, DbError};
-use crate::registry::plan::{Plan, Policy, SessionState};
+use crate::registry::plan::{plan_batch, sessions_needed, Item, Plan, Policy, SessionState};
 use rae_protocol::AttrValue;
 use std::collections::HashMap;
 use tokio_postgres::{Client, Statement, Transaction};
@@ -187,6 +187,23 @@ const BOXES_SQL: &str = "INSERT INTO boxes (rae_id, online, agent_version, start
                  last_birth_ms = COALESCE(excluded.last_birth_ms, boxes.last_birth_ms),
                  last_will_ms = COALESCE(excluded.last_will_ms, boxes.last_will_ms),
                  updated_at = excluded.updated_at";
+
+/// One batch's database work inside `tx`: load and lock the sessions the
+/// batch names, plan the batch against them ([`plan_batch`], pure) and
+/// write the plan. The caller produces the plan's side records (dead
+/// letters, resyncs) and then commits; nothing here commits.
+pub async fn apply(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    items: &[Item],
+    now_ms: u64,
+    policy: &Policy,
+) -> Result<Plan, DbError> {
+    let loaded = load_sessions(tx, st, &sessions_needed(items)).await?;
+    let plan = plan_batch(items, &loaded, now_ms, policy);
+    write_plan(tx, st, &plan, policy).await?;
+    Ok(plan)
+}
 
 /// Loads and locks the sessions `ids` (sorted).
 pub async fn load_sessions(

@@ -110,7 +110,9 @@ pub struct Plan {
     pub sessions: BTreeMap<Uuid, SessionState>,
     pub attrs: BTreeMap<Uuid, AttrDelta>,
     pub history: Vec<HistoryRow>,
-    /// (rae_id, device_id) → newest session seen in the batch.
+    /// (rae_id, device_id) → newest session first stored by this batch.
+    /// A session already in the database is not listed: its device row
+    /// was written in the transaction that stored the session.
     pub devices: BTreeMap<(String, String), Uuid>,
     /// Status messages, last one per box wins (they share a partition).
     pub boxes: BTreeMap<String, BoxUpdate>,
@@ -212,6 +214,11 @@ pub fn plan_batch(
                     .entry(env.session_id)
                     .or_insert_with(|| loaded.get(&env.session_id).cloned());
                 apply_event(&mut plan, slot, env, item, now_ms, policy);
+                if !loaded.contains_key(&env.session_id)
+                    && plan.sessions.contains_key(&env.session_id)
+                {
+                    note_device(&mut plan, env);
+                }
             }
         }
     }
@@ -268,7 +275,6 @@ fn apply_event(
                     });
                 }
                 plan.sessions.insert(env.session_id, s.clone());
-                note_device(plan, env);
                 return;
             }
         }
@@ -318,7 +324,6 @@ fn apply_event(
         offset: item.offset,
         envelope: item.raw.clone(),
     });
-    note_device(plan, env);
 }
 
 fn note_device(plan: &mut Plan, env: &Envelope) {

@@ -154,6 +154,19 @@ fn in_order_events_are_applied_and_recorded() {
 }
 
 #[test]
+fn the_device_row_is_written_only_when_its_session_is_first_stored() {
+    let mut m = Model::default();
+    let first = m.run(&items(&[attached(1, &[("a", 1)])]), 0);
+    assert_eq!(first.devices[&("box1".into(), "dev1".into())], sid(1));
+    let later = m.run(&items(&[changed(1, 2, &[("a", 2)], &[])]), 0);
+    assert_eq!(later.counts.applied, 1);
+    assert!(later.devices.is_empty(), "{:?}", later.devices);
+    // A session first seen through a gap is stored, with its device.
+    let gap = m.run(&items(&[changed(2, 5, &[("a", 2)], &[])]), 0);
+    assert_eq!(gap.devices[&("box1".into(), "dev2".into())], sid(2));
+}
+
+#[test]
 fn a_redelivered_batch_writes_nothing() {
     let mut m = Model::default();
     let batch = items(&[attached(1, &[("a", 1)]), changed(1, 2, &[("a", 2)], &[])]);

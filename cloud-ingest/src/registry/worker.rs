@@ -18,7 +18,7 @@
 use super::classify::{classify, Source};
 use super::dispatch::RegistryContext;
 use super::kafka::{command_headers, dlq_headers, resync_payload};
-use super::plan::{plan_batch, sessions_needed, Item, Plan, Policy};
+use super::plan::{Item, Plan, Policy};
 use super::side_producer::SideProducer;
 use super::RegistryMetrics;
 use crate::db::{self, write, DbError};
@@ -246,10 +246,8 @@ impl Worker {
             .transaction()
             .await
             .map_err(db::sql("begin a transaction"))?;
-        let st = &conn.statements;
-        let loaded = write::load_sessions(&tx, st, &sessions_needed(items)).await?;
-        let plan = plan_batch(items, &loaded, now_ms(), &self.shared.policy);
-        write::write_plan(&tx, st, &plan, &self.shared.policy).await?;
+        let plan =
+            write::apply(&tx, &conn.statements, items, now_ms(), &self.shared.policy).await?;
         produce_side_records(&self.shared, &self.topic, items, &plan).await?;
         tx.commit()
             .await
