@@ -82,23 +82,21 @@
 //! another agent binary or a wrapper that `exec`s it (e.g. an unstripped
 //! build for `perf`, or with `MALLOC_ARENA_MAX` set), unchecked.
 
-use std::collections::HashMap;
+#[path = "support/uplink_journal.rs"]
+mod uplink_journal;
+#[path = "support/uplink_sub.rs"]
+mod uplink_sub;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use rae_agent::config::Synchronous;
-use rae_agent::journal::{envelope, Journal, JournalOptions};
-use rae_agent::registry::identity::device_id_for;
-use rae_agent::registry::Event;
-use rae_protocol::{AttrValue, Attrs, Envelope, EventKind};
+use rae_protocol::Envelope;
 use rae_tests::agent::AgentProcess;
 use rae_tests::mosquitto::Mosquitto;
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use tokio::sync::oneshot;
+use uplink_journal::{bench_event, first_unpublished, prefill, unpublished};
+use uplink_sub::BenchSub;
 
 const RAE_ID: &str = "rae-bench-uplink";
 const SESSIONS: u64 = 100;
@@ -648,138 +646,6 @@ fn baseline(broker: &Mosquitto, payloads: &[(String, Vec<u8>)], sub: &BenchSub) 
     })
 }
 
-/// Event `i` of the bench journal (see the module docs): its topic and
-/// wire payload.
-fn bench_event(i: u64) -> Result<(String, Vec<u8>)> {
-    let ev = bench_registry_event(i)?;
-    let env = envelope(RAE_ID, &ev);
-    Ok((env.topic()?, env.encode()?))
-}
-
-fn bench_registry_event(i: u64) -> Result<Event> {
-    let session = i % SESSIONS;
-    let seq = i / SESSIONS + 1;
-    let text = |s: &str| AttrValue::Text(s.to_string());
-    let kind = if seq == 1 {
-        let serial = format!("RAEBENCH{session:04}");
-        let attrs: Attrs = [
-            ("android.adb_state", text("device")),
-            ("android.product.manufacturer", text("rae-bench")),
-            (
-                "android.product.model",
-                text(&format!("Bench Phone {session:03}")),
-            ),
-            (
-                "android.build.fingerprint",
-                text("rae/bench/bench:14/UQ1A.240105.004/1:user/release-keys"),
-            ),
-            ("android.build.version.release", text("14")),
-            ("android.serialno", text(&serial)),
-            ("android.battery_level", AttrValue::Int(100)),
-            ("usb.vendor_id", text("18d1")),
-            ("usb.product_id", text("4ee7")),
-            ("usb.serial", text(&serial)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        EventKind::Attached { attrs }
-    } else {
-        let state = if seq.is_multiple_of(2) {
-            "offline"
-        } else {
-            "device"
-        };
-        let level = i64::try_from(100 - seq % 100)?;
-        let set: Attrs = [
-            ("android.adb_state".to_string(), text(state)),
-            ("android.battery_level".to_string(), AttrValue::Int(level)),
-        ]
-        .into_iter()
-        .collect();
-        EventKind::Changed {
-            set,
-            removed: Vec::new(),
-        }
-    };
-    Ok(Event {
-        device_id: device_id_for(&format!("serial:RAEBENCH{session:04}")),
-        session_id: format!("0190b2c4-5e6f-7a8b-9c0d-{session:012x}").parse()?,
-        seq,
-        ts_ms: BASE_TS_MS + i * 10,
-        kind,
-    })
-}
-
-/// Writes a journal with events `0..n` (all unpublished) at `path`.
-fn prefill(path: &Path, n: u64) -> Result<()> {
-    let opts = JournalOptions {
-        synchronous: Synchronous::Normal,
-        rae_id: RAE_ID.to_string(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    drop(Journal::open(path, &opts).context("creating the journal")?);
-    let mut conn = Connection::open(path)?;
-    conn.pragma_update(None, "synchronous", "OFF")?;
-    let mut i = 0;
-    while i < n {
-        let tx = conn.transaction()?;
-        {
-            let mut insert = tx.prepare(
-                "INSERT INTO events (session_id, device_id, seq, ts_ms, kind, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let end = (i + PREFILL_TX_ROWS).min(n);
-            for j in i..end {
-                let ev = bench_registry_event(j)?;
-                let payload = envelope(RAE_ID, &ev).encode()?;
-                insert.execute(rusqlite::params![
-                    ev.session_id.to_string(),
-                    ev.device_id,
-                    i64::try_from(ev.seq)?,
-                    i64::try_from(ev.ts_ms)?,
-                    ev.kind.name(),
-                    payload
-                ])?;
-            }
-            i = end;
-        }
-        tx.commit()?;
-    }
-    // Everything into the main file, so a plain copy is the whole journal.
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-    drop(conn);
-    Ok(())
-}
-
-fn open_ro(journal: &Path) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(journal, flags)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
-}
-
-/// The oldest unpublished event (an index lookup, cheap while the agent runs).
-fn first_unpublished(journal: &Path) -> Result<Option<i64>> {
-    let conn = open_ro(journal)?;
-    Ok(conn
-        .query_row(
-            "SELECT id FROM events WHERE published = 0 ORDER BY id LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?)
-}
-
-fn unpublished(journal: &Path) -> Result<u64> {
-    let n: i64 = open_ro(journal)?.query_row(
-        "SELECT count(*) FROM events WHERE published = 0",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(u64::try_from(n)?)
-}
-
 /// Mean [`Envelope::decode`] time over `payloads` (the subscriber's work).
 fn decode_cost(payloads: &[(String, Vec<u8>)]) -> Result<f64> {
     let started = Instant::now();
@@ -830,173 +696,6 @@ fn mosquitto_version() -> String {
                 .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
         })
         .unwrap_or_else(|| "?".into())
-}
-
-/// What the subscriber has seen since its last [`BenchSub::reset`].
-#[derive(Debug, Default, Clone)]
-struct SubStats {
-    first: Option<Instant>,
-    /// The receive that added the latest new `(session_id, seq)`.
-    last_new: Option<Instant>,
-    first_status: Option<Instant>,
-    distinct: u64,
-    /// Device messages, duplicates included.
-    messages: u64,
-    undecodable: u64,
-    last_error: Option<String>,
-}
-
-#[derive(Debug, Default)]
-struct SubState {
-    stats: SubStats,
-    /// The subscriber thread's id, for its CPU time.
-    tid: i64,
-    /// Per session: a bitset of the seqs received.
-    seen: HashMap<u128, Vec<u64>>,
-    subscribed: bool,
-}
-
-/// The counting subscriber (see the module docs). Dropping it disconnects.
-struct BenchSub {
-    state: Arc<Mutex<SubState>>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-fn lock(state: &Mutex<SubState>) -> MutexGuard<'_, SubState> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl BenchSub {
-    fn connect(port: u16, client_id: &str) -> Result<BenchSub> {
-        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
-        opts.set_clean_session(false)
-            .set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut events) = AsyncClient::new(opts, 64);
-        let state = Arc::new(Mutex::new(SubState::default()));
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let shared = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("bench-sub".into())
-            .spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                lock(&shared).tid = i64::from(unsafe { libc::gettid() });
-                runtime.block_on(async move {
-                    loop {
-                        let event = tokio::select! {
-                            _ = &mut stopped => break,
-                            event = events.poll() => event,
-                        };
-                        match event {
-                            Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
-                                record(&shared, &p.topic, &p.payload);
-                            }
-                            Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
-                                if ack.session_present {
-                                    lock(&shared).subscribed = true;
-                                } else {
-                                    let _ = client.try_subscribe("rae/v1/+/#", QoS::AtLeastOnce);
-                                }
-                            }
-                            Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => {
-                                lock(&shared).subscribed = true;
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                lock(&shared).stats.last_error = Some(e.to_string());
-                                tokio::select! {
-                                    _ = &mut stopped => break,
-                                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-                                }
-                            }
-                        }
-                    }
-                    if client.try_disconnect().is_ok() {
-                        let _ =
-                            tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
-                    }
-                })
-            })?;
-        let sub = BenchSub {
-            state,
-            stop: Some(stop),
-            thread: Some(thread),
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !lock(&sub.state).subscribed {
-            ensure!(
-                Instant::now() < deadline,
-                "subscriber: not subscribed within 5 s ({:?})",
-                lock(&sub.state).stats.last_error
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(sub)
-    }
-
-    /// The subscriber thread's CPU time so far, in ms.
-    fn cpu_ms(&self) -> Result<f64> {
-        let tid = lock(&self.state).tid;
-        cpu_ms(&format!("/proc/self/task/{tid}/stat"))
-    }
-
-    fn snapshot(&self) -> SubStats {
-        lock(&self.state).stats.clone()
-    }
-
-    fn reset(&self) {
-        let mut st = lock(&self.state);
-        st.stats = SubStats::default();
-        st.seen.clear();
-    }
-}
-
-fn record(state: &Mutex<SubState>, topic: &str, payload: &[u8]) {
-    let now = Instant::now();
-    if topic.ends_with("/status") {
-        let mut st = lock(state);
-        st.stats.first_status.get_or_insert(now);
-        return;
-    }
-    if !topic.contains("/devices/") || payload.is_empty() {
-        return;
-    }
-    let decoded = Envelope::decode(payload);
-    let mut st = lock(state);
-    let env = match decoded {
-        Ok(env) => env,
-        Err(_) => {
-            st.stats.undecodable += 1;
-            return;
-        }
-    };
-    st.stats.messages += 1;
-    st.stats.first.get_or_insert(now);
-    let bits = st.seen.entry(env.session_id.as_u128()).or_default();
-    let (word, bit) = ((env.seq / 64) as usize, env.seq % 64);
-    if bits.len() <= word {
-        bits.resize(word + 1, 0);
-    }
-    if bits[word] & (1 << bit) == 0 {
-        bits[word] |= 1 << bit;
-        st.stats.distinct += 1;
-        st.stats.last_new = Some(now);
-    }
-}
-
-impl Drop for BenchSub {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// utime + stime of a `/proc/.../stat` file, in ms.
