@@ -339,7 +339,7 @@ const REGISTRY_PREFETCH: [(&str, &str); 6] = [
 ];
 
 /// The registry's database stage alone (no Kafka), same rows, same
-/// server, 4 and 1 pipelines. `RAE_BENCH_DB_ROUNDS` rounds (default 3),
+/// server, 4 and 1 pipelines (`RAE_BENCH_DB_PIPELINES`). `RAE_BENCH_DB_ROUNDS` rounds (default 3),
 /// each with its own COPY baseline taken just before (this shared
 /// machine's COPY rate varies 1.5-2x between minutes); prints each
 /// round and the median ratio.
@@ -349,7 +349,17 @@ fn database_stage(pg: &Postgres, envs: &[Envelope]) -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    for pipelines in [4, 1] {
+    // RAE_BENCH_DB_PIPELINES: the pipeline counts to run (default "4,1").
+    let counts: Vec<usize> = std::env::var("RAE_BENCH_DB_PIPELINES")
+        .unwrap_or_else(|_| "4,1".into())
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse()
+                .context("RAE_BENCH_DB_PIPELINES: a list like 4,1")
+        })
+        .collect::<Result<_>>()?;
+    for pipelines in counts {
         let mut ratios = Vec::new();
         for round in 1..=rounds {
             let copy_rate = n as f64 / copy_baseline(pg, envs)?;

@@ -357,3 +357,44 @@ fn box_status_records_update_the_boxes_table() {
         ]
     );
 }
+
+#[test]
+fn a_history_row_already_stored_does_not_stall_the_partition() {
+    // History rows the plan knows to be new are written with a plain
+    // INSERT. A row put there by hand (the only way one can exist) makes
+    // that insert fail; the batch must still apply, with ON CONFLICT.
+    let cloud = Cloud::start(1, "").unwrap();
+    let reg = cloud.registry().unwrap();
+    let mut s = Session::new("box-h", "dev-h");
+    cloud.send(&[s.attached(&[("a", 1)])]).unwrap();
+    wait("attached applied", CONVERGE, || last_seq(&cloud, &s) == 1)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+        .unwrap();
+    cloud
+        .pg
+        .query(&format!(
+            "INSERT INTO device_events (session_id, seq, kind, ts_ms, envelope, kafka_partition, kafka_offset, recorded_at) \
+             VALUES ('{}', 2, 'changed', 0, '\\x00', 0, -1, now())",
+            s.id
+        ))
+        .unwrap();
+    cloud
+        .send(&[s.changed(&[("a", 2)]), s.changed(&[("a", 3)])])
+        .unwrap();
+    wait("both changes applied", CONVERGE, || {
+        last_seq(&cloud, &s) == 3
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+    assert_eq!(attr(&cloud, &s, "a").as_deref(), Some("3"));
+    assert_eq!(
+        history(&cloud, &s),
+        3,
+        "the stored row is kept, not doubled"
+    );
+    let log = reg.log_text();
+    assert!(
+        log.contains("met a stored history row") && log.contains("retrying it with ON CONFLICT"),
+        "{log}"
+    );
+}

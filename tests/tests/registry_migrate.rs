@@ -42,6 +42,10 @@ fn migrate_creates_the_schema_once_and_is_idempotent() {
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(out.contains("applied migration 0001 initial"), "{out}");
+    assert!(
+        out.contains("applied migration 0002 session_fillfactor"),
+        "{out}"
+    );
     let tables = pg
         .query(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
@@ -63,11 +67,16 @@ fn migrate_creates_the_schema_once_and_is_idempotent() {
     let second = migrate(&config);
     let out = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{out}");
-    assert!(out.contains("schema is up to date (version 1)"), "{out}");
+    assert!(out.contains("schema is up to date (version 2)"), "{out}");
     assert_eq!(
         pg.scalar("SELECT count(*) FROM rae_schema_migrations")
             .unwrap(),
-        "1"
+        "2"
+    );
+    assert_eq!(
+        pg.scalar("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'device_sessions'")
+            .unwrap(),
+        "fillfactor=50"
     );
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Owns [`MIGRATIONS`] (the SQL files of `cloud-ingest/migrations/`,
 //! compiled in) and [`migrate`]. Invariants: a migration's statements are
-//! all idempotent (`IF NOT EXISTS`), run outside an explicit transaction
+//! all idempotent (`IF NOT EXISTS`, or `ALTER TABLE … SET (storage parameter)`), run outside an explicit transaction
 //! (CockroachDB does not mix schema changes and writes in one transaction
 //! well), and are recorded in `rae_schema_migrations` afterwards with
 //! `ON CONFLICT DO NOTHING`; so `migrate` can be re-run, run concurrently,
@@ -12,11 +12,18 @@ use super::{sql, DbError};
 use tokio_postgres::Client;
 
 /// (version, name, SQL), in version order.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "session_fillfactor",
+        include_str!("../../migrations/0002_session_fillfactor.sql"),
+    ),
+];
 
 /// The newest version this binary knows.
 pub fn latest_version() -> i64 {
@@ -138,7 +145,8 @@ mod tests {
             for s in stmts {
                 assert!(
                     s.starts_with("CREATE TABLE IF NOT EXISTS")
-                        || s.starts_with("CREATE INDEX IF NOT EXISTS"),
+                        || s.starts_with("CREATE INDEX IF NOT EXISTS")
+                        || (s.starts_with("ALTER TABLE") && s.contains(" SET (")),
                     "migration {v}: not idempotent: {s}"
                 );
             }

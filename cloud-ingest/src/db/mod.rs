@@ -77,6 +77,13 @@ impl DbError {
         self.source_pg().is_some_and(is_retryable)
     }
 
+    /// A unique violation (SQLSTATE 23505).
+    pub fn is_unique_violation(&self) -> bool {
+        self.source_pg()
+            .and_then(|e| e.code())
+            .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION)
+    }
+
     /// A serialization failure or deadlock (retry at once, with backoff).
     pub fn is_conflict(&self) -> bool {
         self.source_pg().and_then(|e| e.code()).is_some_and(|c| {

@@ -282,6 +282,7 @@ impl Dispatcher {
             stop: stop_rx,
             shared: self.shared.clone(),
             db: None,
+            history: crate::db::write::HistoryInsert::Fast,
         };
         self.workers.spawn(worker.run());
         self.pipelines.insert(

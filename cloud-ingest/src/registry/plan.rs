@@ -13,7 +13,9 @@
 //! - a checkpoint with `seq >= last` (or for an unknown session) replaces
 //!   the attributes, sets `last = seq` and clears `stale`;
 //! - every applied envelope gets one history row; history beyond
-//!   `history_max` rows per session is trimmed.
+//!   `history_max` rows per session is trimmed; a history row never has a
+//!   seq above its session's `last_seq`, so only a checkpoint at the last
+//!   seq can meet an existing row ([`Plan::history_may_exist`]).
 
 use super::classify::{Classified, DeadLetter, StatusMsg};
 use rae_protocol::{check_seq, AttrValue, Envelope, EventKind, SeqVerdict};
@@ -119,6 +121,12 @@ pub struct Plan {
     pub resyncs: Vec<Resync>,
     pub dead: Vec<Dead>,
     pub counts: Counts,
+    /// Whether a history row of this batch may already be stored: a stale
+    /// session's checkpoint at its last applied seq. Otherwise every row
+    /// is new (history rows never pass their session's `last_seq`, and the
+    /// batch holds the session rows locked), so the rows can be written
+    /// with a plain `INSERT` instead of `ON CONFLICT DO NOTHING`.
+    pub history_may_exist: bool,
 }
 
 /// The net status of one box in a batch.
@@ -284,6 +292,9 @@ fn apply_event(
         return;
     }
     plan.counts.applied += 1;
+    if slot.as_ref().is_some_and(|s| env.seq <= s.last_seq) {
+        plan.history_may_exist = true;
+    }
     let s = slot.get_or_insert_with(|| new_session(env));
     s.last_seq = env.seq;
     let delta = plan.attrs.entry(env.session_id).or_default();

@@ -113,8 +113,16 @@ impl Model {
                 };
             }
         }
+        let mut in_batch = std::collections::HashSet::new();
         for h in &plan.history {
-            self.history.entry((h.session_id, h.seq)).or_insert(h.kind);
+            let key = (h.session_id, h.seq);
+            let present = self.history.contains_key(&key) || !in_batch.insert(key);
+            // db::write uses a plain INSERT unless the plan says otherwise.
+            assert!(
+                !present || plan.history_may_exist,
+                "history row {key:?} is already stored, yet the plan allows a plain INSERT"
+            );
+            self.history.entry(key).or_insert(h.kind);
         }
         for (sid, keep_after) in plan.history_trims(&POLICY) {
             self.history
@@ -226,6 +234,35 @@ fn a_checkpoint_at_or_after_the_last_seq_replaces_attributes_and_clears_stale() 
     let plan = m.run(&items(&[checkpoint(1, 3, &[("z", 0)])]), 0);
     assert_eq!(plan.counts.duplicates, 1);
     assert_eq!(m.attrs_of(1), vec![("c".to_string(), 9)]);
+}
+
+#[test]
+fn a_stale_sessions_checkpoint_at_its_last_seq_may_meet_its_own_history_row() {
+    let mut m = Model::default();
+    let first = m.run(&items(&[attached(1, &[("a", 1)])]), 0);
+    assert!(!first.history_may_exist);
+    m.run(&items(&[changed(1, 3, &[("a", 3)], &[])]), 0);
+    assert!(m.sessions[&sid(1)].stale);
+    // The checkpoint repeats seq 1, whose history row is stored.
+    let plan = m.run(&items(&[checkpoint(1, 1, &[("a", 2)])]), 0);
+    assert_eq!(plan.counts.applied, 1);
+    assert!(plan.history_may_exist);
+    assert!(!m.sessions[&sid(1)].stale);
+    // In one batch: the delta at seq 2 and then a checkpoint at seq 2.
+    m.run(&items(&[changed(1, 4, &[("a", 4)], &[])]), 0);
+    let plan = m.run(
+        &items(&[
+            changed(1, 2, &[("a", 5)], &[]),
+            checkpoint(1, 2, &[("a", 6)]),
+        ]),
+        0,
+    );
+    assert_eq!(plan.counts.applied, 2);
+    assert!(plan.history_may_exist);
+    // Ordinary deltas: every row is new.
+    let plan = m.run(&items(&[changed(1, 3, &[("a", 7)], &[])]), 0);
+    assert_eq!(plan.counts.applied, 1);
+    assert!(!plan.history_may_exist);
 }
 
 #[test]

@@ -21,6 +21,7 @@ use super::kafka::{command_headers, dlq_headers, resync_payload};
 use super::plan::{Item, Plan, Policy};
 use super::side_producer::SideProducer;
 use super::RegistryMetrics;
+use crate::db::write::HistoryInsert;
 use crate::db::{self, write, DbError};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -75,6 +76,9 @@ pub struct Worker {
     /// The database connection and its prepared statements (None until the
     /// first batch, and after a connection error).
     pub db: Option<Db>,
+    /// How the next attempt writes history: [`HistoryInsert::OnConflict`]
+    /// for the retry of a batch whose plain insert met an existing row.
+    pub history: HistoryInsert,
 }
 
 /// A connection with the registry's statements prepared on it.
@@ -187,7 +191,21 @@ impl Worker {
             match self.apply_once(items).await {
                 Ok(plan) => {
                     self.after_commit(items, &plan, started.elapsed());
+                    self.history = HistoryInsert::Fast;
                     return true;
+                }
+                Err(BatchError::Db(e)) if e.is_unique_violation() => {
+                    // A history row the plan took for new is stored (a
+                    // database edited by hand): the retry writes history
+                    // with ON CONFLICT DO NOTHING, as before this path.
+                    log::warn!(
+                        "{}[{}]: batch of {} met a stored history row ({e}); retrying it with ON CONFLICT",
+                        self.topic,
+                        self.partition,
+                        items.len()
+                    );
+                    self.history = HistoryInsert::OnConflict;
+                    self.shared.metrics.db_errors.inc();
                 }
                 Err(e) => {
                     let conflict = matches!(&e, BatchError::Db(d) if d.is_conflict());
@@ -246,8 +264,15 @@ impl Worker {
             .transaction()
             .await
             .map_err(db::sql("begin a transaction"))?;
-        let plan =
-            write::apply(&tx, &conn.statements, items, now_ms(), &self.shared.policy).await?;
+        let plan = write::apply(
+            &tx,
+            &conn.statements,
+            items,
+            now_ms(),
+            &self.shared.policy,
+            self.history,
+        )
+        .await?;
         produce_side_records(&self.shared, &self.topic, items, &plan).await?;
         tx.commit()
             .await

@@ -12,6 +12,7 @@
 //! broker's read rate (docs/BENCHMARKS.md).
 
 use anyhow::{ensure, Context, Result};
+use rae_cloud_ingest::db::write::HistoryInsert;
 use rae_cloud_ingest::db::{self, migrate, write};
 use rae_cloud_ingest::registry::classify::{classify, Source};
 use rae_cloud_ingest::registry::plan::{Item, Policy};
@@ -147,7 +148,7 @@ async fn pipeline(
             })
             .collect();
         let tx = client.transaction().await?;
-        let plan = write::apply(&tx, &st, &items, now_ms(), &POLICY).await?;
+        let plan = write::apply(&tx, &st, &items, now_ms(), &POLICY, HistoryInsert::Fast).await?;
         tx.commit().await?;
         ensure!(
             plan.dead.is_empty() && plan.resyncs.is_empty(),
