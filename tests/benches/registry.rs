@@ -246,7 +246,10 @@ fn print_plain_reads(
     n: usize,
     extra: &[(String, String)],
 ) -> Result<()> {
-    let mut reader_props: Vec<(&str, &str)> = REGISTRY_PREFETCH.to_vec();
+    // The registry's own consumer defaults (prefetch and fetch settings;
+    // its statistics interval and log level change nothing for a reader).
+    let mut reader_props: Vec<(&str, &str)> =
+        rae_cloud_ingest::registry::kafka::CONSUMER_DEFAULTS.to_vec();
     reader_props.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     for (label, group, p) in [
         ("librdkafka defaults", "bench-read-defaults", &[][..]),
@@ -325,18 +328,6 @@ fn copy_baseline(pg: &Postgres, envs: &[Envelope]) -> Result<f64> {
         Ok::<f64, anyhow::Error>(started.elapsed().as_secs_f64())
     })
 }
-
-/// The registry's consumer prefetch settings, as in
-/// cloud-ingest/src/registry/kafka.rs (CONSUMER_DEFAULTS): the plain
-/// reader runs with them to separate the broker from the registry.
-const REGISTRY_PREFETCH: [(&str, &str); 6] = [
-    ("queued.max.messages.kbytes", "4096"),
-    ("queued.min.messages", "2000"),
-    ("fetch.queue.backoff.ms", "20"),
-    ("fetch.max.bytes", "1048576"),
-    ("max.partition.fetch.bytes", "1048576"),
-    ("fetch.wait.max.ms", "100"),
-];
 
 /// The registry's database stage alone (no Kafka), same rows, same
 /// server, 4 and 1 pipelines (`RAE_BENCH_DB_PIPELINES`). `RAE_BENCH_DB_ROUNDS` rounds (default 3),

@@ -13,7 +13,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 
 /// Measured in docs/BENCHMARKS.md ("Cloud registry"); the reasons are in
 /// docs/CLOUD.md ("Consumer tuning").
-const CONSUMER_DEFAULTS: [(&str, &str); 9] = [
+///
+/// The registry consumer's defaults (`[kafka.properties]` overrides them);
+/// public so the registry bench's plain reader can use the same prefetch.
+pub const CONSUMER_DEFAULTS: [(&str, &str); 9] = [
     // Consumer lag per partition for /metrics comes from the statistics.
     ("statistics.interval.ms", "5000"),
     ("auto.offset.reset", "earliest"),
