@@ -385,12 +385,43 @@ fn database_stage(pg: &Postgres, envs: &[Envelope]) -> Result<()> {
 
 /// `RAE_BENCH_DB_ONLY=1`: PostgreSQL only, the COPY baseline and the
 /// database stage (no Kafka, no release binary needed).
+/// With `RAE_BENCH_DB_STATS=1` the server preloads `pg_stat_statements`
+/// and the top statements (calls, total ms summed over the pipelines,
+/// rows) are printed afterwards: COPY's own line is the unit to compare
+/// the registry's statements with.
 fn database_only(n: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let pg = Postgres::start(&dir.path().join("pg"))?;
+    let mut pg = Postgres::start(&dir.path().join("pg"))?;
+    let stats = std::env::var_os("RAE_BENCH_DB_STATS").is_some();
+    if stats {
+        pg.query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")?;
+        pg.stop()?;
+        pg.start_again()?;
+        pg.query("CREATE EXTENSION pg_stat_statements")?;
+    }
     apply::migrate(&pg.url())?;
     let envs = envelopes(1000, (n / 1000) as u64);
-    database_stage(&pg, &envs)
+    database_stage(&pg, &envs)?;
+    if stats {
+        let rows = pg.query(
+            "SELECT calls, round(total_exec_time::numeric, 1), rows, \
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 70) \
+             FROM pg_stat_statements WHERE query NOT LIKE 'CREATE DATABASE%' \
+             ORDER BY total_exec_time DESC LIMIT 12",
+        )?;
+        println!("pg_stat_statements (all rounds and pipeline counts): calls | total ms | rows | statement");
+        for r in rows {
+            let col = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            println!(
+                "  {:>6} | {:>9} | {:>8} | {}",
+                col(0),
+                col(1),
+                col(2),
+                col(3)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
