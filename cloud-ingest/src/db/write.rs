@@ -232,8 +232,9 @@ pub enum HistoryInsert {
     /// `ON CONFLICT DO NOTHING`.
     Fast,
     /// Always `ON CONFLICT DO NOTHING`: the retry after a plain insert met
-    /// an existing row (SQLSTATE 23505), which only a database edited by
-    /// hand can cause; the batch still applies.
+    /// an existing row (SQLSTATE 23505): a second consumer stored the same
+    /// new session during a rebalance, or the database was edited by
+    /// hand. The batch still applies.
     OnConflict,
 }
 

@@ -125,7 +125,10 @@ pub struct Plan {
     /// session's checkpoint at its last applied seq. Otherwise every row
     /// is new (history rows never pass their session's `last_seq`, and the
     /// batch holds the session rows locked), so the rows can be written
-    /// with a plain `INSERT` instead of `ON CONFLICT DO NOTHING`.
+    /// with a plain `INSERT` instead of `ON CONFLICT DO NOTHING`. A
+    /// session with no stored row cannot be locked: a second consumer
+    /// storing it at the same moment (a rebalance) makes the plain insert
+    /// fail, and the worker retries with `ON CONFLICT` (`db::write`).
     pub history_may_exist: bool,
 }
 

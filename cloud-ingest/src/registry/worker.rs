@@ -194,12 +194,17 @@ impl Worker {
                     self.history = HistoryInsert::Fast;
                     return true;
                 }
-                Err(BatchError::Db(e)) if e.is_unique_violation() => {
-                    // A history row the plan took for new is stored (a
-                    // database edited by hand): the retry writes history
-                    // with ON CONFLICT DO NOTHING, as before this path.
+                Err(BatchError::Db(e))
+                    if e.is_unique_violation() && self.history == HistoryInsert::Fast =>
+                {
+                    // A history row the plan took for new is stored: a
+                    // second consumer stored the same new session during a
+                    // rebalance (no row existed to lock), or the database
+                    // was edited by hand. Retried at once, history written
+                    // with ON CONFLICT DO NOTHING; a unique violation on
+                    // that retry takes the backoff path below.
                     log::warn!(
-                        "{}[{}]: batch of {} met a stored history row ({e}); retrying it with ON CONFLICT",
+                        "{}[{}]: batch of {} met a stored history row (another consumer during a rebalance, or an edited database: {e}); retrying it with ON CONFLICT",
                         self.topic,
                         self.partition,
                         items.len()
