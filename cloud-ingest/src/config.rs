@@ -362,16 +362,13 @@ fn validate_mqtt(raw: RawMqtt) -> Result<MqttSettings, ConfigError> {
         (None, Some(_)) => return Err(invalid("mqtt.password", "is set without mqtt.username")),
         (None, None) => None,
     };
-    let client_auth = match (raw.client_cert_file, raw.client_key_file) {
-        (Some(c), Some(k)) => Some((c, k)),
-        (None, None) => None,
-        _ => {
-            return Err(invalid(
+    let client_auth =
+        rae_tls::cert_key_pair(raw.client_cert_file, raw.client_key_file).map_err(|_| {
+            invalid(
                 "mqtt.client_cert_file",
                 "and mqtt.client_key_file must be set together",
-            ))
-        }
-    };
+            )
+        })?;
     let tls = match (is_tls, raw.ca_file) {
         (true, Some(ca_file)) => Some(MqttTls {
             ca_file,

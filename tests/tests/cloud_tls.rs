@@ -49,14 +49,7 @@ fn tls_bridge_lab(require_client_cert: bool) -> Result<(Lab, TlsCerts)> {
     let certs = TlsCerts::generate(&dir.path().join("certs"), BRIDGE_CN)?;
     let mosquitto =
         Mosquitto::start_tls(&dir.path().join("mosquitto"), &certs, require_client_cert)?;
-    let tansu = Tansu::start(&dir.path().join("tansu"))?;
-    let lab = Lab {
-        dir,
-        mosquitto,
-        tansu,
-    };
-    lab.create_topics()?;
-    Ok((lab, certs))
+    Ok((Lab::around(dir, mosquitto)?, certs))
 }
 
 /// A bridge config for `name` on the lab's `mqtts://` broker with the
@@ -112,15 +105,8 @@ fn the_bridge_over_mutual_tls_delivers_device_messages_to_kafka() -> Result<()> 
     for m in &sent {
         publisher.publish(&m.topic, &m.payload, false)?;
     }
-    let records = lab.tansu.read(bridge_support::EVENTS, sent.len(), READ)?;
-    ensure!(
-        records.len() == sent.len(),
-        "{} of {} records; bridge log:\n{}",
-        records.len(),
-        sent.len(),
-        bridge.log_tail()
-    );
-    bridge_support::check_all_arrived_in_order(&sent, &records)
+    bridge_support::read_sent(&lab, &sent, &bridge, READ)?;
+    Ok(())
 }
 
 /// Waits until the bridge logged `needle` `n` times, then checks it is

@@ -38,6 +38,20 @@ pub struct ClientAuth<'a> {
     pub key_file: &'a Path,
 }
 
+/// A client certificate given without its key, or a key without its
+/// certificate (the caller's config names the keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HalfPair;
+
+/// A client certificate and its key: both (`Some`) or neither (`None`).
+pub fn cert_key_pair<T>(cert: Option<T>, key: Option<T>) -> Result<Option<(T, T)>, HalfPair> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        _ => Err(HalfPair),
+    }
+}
+
 impl<'a> ClientAuth<'a> {
     /// From a validated config's `(certificate, key)` pair.
     pub fn from_pair(pair: Option<&'a (PathBuf, PathBuf)>) -> Option<ClientAuth<'a>> {

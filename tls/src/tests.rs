@@ -111,3 +111,11 @@ fn hints_name_the_likely_cause() {
     assert!(h.contains("does not name the host"), "{h}");
     assert_eq!(hint("connection refused", keys), None);
 }
+
+#[test]
+fn a_certificate_and_key_come_both_or_neither() {
+    assert_eq!(cert_key_pair(Some("c"), Some("k")), Ok(Some(("c", "k"))));
+    assert_eq!(cert_key_pair::<&str>(None, None), Ok(None));
+    assert_eq!(cert_key_pair(Some("c"), None), Err(HalfPair));
+    assert_eq!(cert_key_pair(None, Some("k")), Err(HalfPair));
+}

@@ -100,16 +100,13 @@ impl MqttSettings {
             }
             (None, None) => None,
         };
-        let client_auth = match (raw.client_cert_file, raw.client_key_file) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => {
-                return Err(invalid(
+        let client_auth = rae_tls::cert_key_pair(raw.client_cert_file, raw.client_key_file)
+            .map_err(|_| {
+                invalid(
                     "mqtt.client_cert_file",
                     "and mqtt.client_key_file must be set together",
-                ))
-            }
-        };
+                )
+            })?;
         if let Some(b) = &broker {
             if b.tls && raw.ca_file.is_none() {
                 return Err(invalid(

@@ -34,6 +34,12 @@ impl Lab {
     pub fn start() -> Result<Lab> {
         let dir = tempfile::tempdir()?;
         let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"))?;
+        Lab::around(dir, mosquitto)
+    }
+
+    /// A lab in `dir` around a broker already started there (e.g. a TLS
+    /// one): starts Tansu and creates the topics.
+    pub fn around(dir: tempfile::TempDir, mosquitto: Mosquitto) -> Result<Lab> {
         let tansu = Tansu::start(&dir.path().join("tansu"))?;
         let lab = Lab {
             dir,
@@ -430,6 +436,27 @@ pub fn check_all_arrived_in_order(
         &missing[..missing.len().min(5)]
     );
     Ok(())
+}
+
+/// Reads `sent.len()` records of the events topic (up to `within`) and
+/// checks they are exactly `sent`, in order per key; fails with the
+/// bridge's log when some are missing.
+pub fn read_sent(
+    lab: &Lab,
+    sent: &[Msg],
+    bridge: &Bridge,
+    within: Duration,
+) -> Result<Vec<rae_tests::tansu::Record>> {
+    let records = lab.tansu.read(EVENTS, sent.len(), within)?;
+    ensure!(
+        records.len() == sent.len(),
+        "{} of {} records; bridge log:\n{}",
+        records.len(),
+        sent.len(),
+        bridge.log_tail()
+    );
+    check_all_arrived_in_order(sent, &records)?;
+    Ok(records)
 }
 
 /// Reads `topic` again and again until [`check_all_arrived_in_order`]
