@@ -46,6 +46,10 @@ fn migrate_creates_the_schema_once_and_is_idempotent() {
         out.contains("applied migration 0002 session_fillfactor"),
         "{out}"
     );
+    assert!(
+        out.contains("applied migration 0003 attribute_updates_in_place"),
+        "{out}"
+    );
     let tables = pg
         .query(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
@@ -67,16 +71,28 @@ fn migrate_creates_the_schema_once_and_is_idempotent() {
     let second = migrate(&config);
     let out = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{out}");
-    assert!(out.contains("schema is up to date (version 2)"), "{out}");
+    assert!(out.contains("schema is up to date (version 3)"), "{out}");
     assert_eq!(
         pg.scalar("SELECT count(*) FROM rae_schema_migrations")
             .unwrap(),
-        "2"
+        "3"
     );
-    assert_eq!(
-        pg.scalar("SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'device_sessions'")
+    for table in ["device_sessions", "device_attributes"] {
+        assert_eq!(
+            pg.scalar(&format!(
+                "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = '{table}'"
+            ))
             .unwrap(),
-        "fillfactor=50"
+            "fillfactor=50",
+            "{table}"
+        );
+    }
+    // Version 3 dropped the (name, value) index: attribute updates touch
+    // no index.
+    assert_eq!(
+        pg.scalar("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'device_attributes'")
+            .unwrap(),
+        "device_attributes_pkey"
     );
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Owns [`MIGRATIONS`] (the SQL files of `cloud-ingest/migrations/`,
 //! compiled in) and [`migrate`]. Invariants: a migration's statements are
-//! all idempotent (`IF NOT EXISTS`, or `ALTER TABLE … SET (storage parameter)`), run outside an explicit transaction
+//! all idempotent (`IF NOT EXISTS`, `IF EXISTS`, or `ALTER TABLE … SET (storage parameter)`), run outside an explicit transaction
 //! (CockroachDB does not mix schema changes and writes in one transaction
 //! well), and are recorded in `rae_schema_migrations` afterwards with
 //! `ON CONFLICT DO NOTHING`; so `migrate` can be re-run, run concurrently,
@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "session_fillfactor",
         include_str!("../../migrations/0002_session_fillfactor.sql"),
+    ),
+    (
+        3,
+        "attribute_updates_in_place",
+        include_str!("../../migrations/0003_attribute_updates_in_place.sql"),
     ),
 ];
 
@@ -146,6 +151,7 @@ mod tests {
                 assert!(
                     s.starts_with("CREATE TABLE IF NOT EXISTS")
                         || s.starts_with("CREATE INDEX IF NOT EXISTS")
+                        || s.starts_with("DROP INDEX IF EXISTS")
                         || (s.starts_with("ALTER TABLE") && s.contains(" SET (")),
                     "migration {v}: not idempotent: {s}"
                 );
