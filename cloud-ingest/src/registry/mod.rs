@@ -42,6 +42,7 @@ pub struct RegistryMetrics {
     pub applied: Value,
     pub duplicates: Value,
     pub gaps: Value,
+    pub reordered: Value,
     pub resyncs: Value,
     pub dlq: Value,
     pub status: Value,
@@ -84,6 +85,10 @@ impl RegistryMetrics {
                 "Envelopes skipped as duplicates.",
             ),
             gaps: m.counter("rae_registry_gaps_total", "Envelopes that showed a gap."),
+            reordered: m.counter(
+                "rae_registry_events_reordered_total",
+                "Envelopes taken out of offset order to apply their session in seq order within a batch.",
+            ),
             resyncs: m.counter("rae_registry_resyncs_total", "Resync commands produced."),
             dlq: m.counter(
                 "rae_registry_dlq_total",

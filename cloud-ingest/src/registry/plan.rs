@@ -10,6 +10,10 @@
 //! - `seq == last + 1` is applied; a gap is never applied: the session is
 //!   marked stale and at most one resync per `resync_min_interval_ms` is
 //!   asked for (the time of the last one is stored with the session);
+//! - within a batch, each session's envelopes are taken in `seq` order
+//!   (ties in offset order), so a reorder that stays inside one batch (two
+//!   bridges on one shared subscription) is undone, not a gap; every other
+//!   record keeps its offset position ([`visit_order`]);
 //! - a checkpoint with `seq >= last` (or for an unknown session) replaces
 //!   the attributes, sets `last = seq` and clears `stale`;
 //! - every applied envelope gets one history row; history beyond
@@ -103,6 +107,9 @@ pub struct Counts {
     pub dead: u64,
     pub skipped: u64,
     pub status: u64,
+    /// Envelopes taken at another position than their offset's, to apply
+    /// their session in `seq` order ([`visit_order`]).
+    pub reordered: u64,
 }
 
 /// Everything one batch writes and sends.
@@ -190,7 +197,14 @@ pub fn plan_batch(
 ) -> Plan {
     let mut plan = Plan::default();
     let mut state: HashMap<Uuid, Option<SessionState>> = HashMap::new();
-    for (index, item) in items.iter().enumerate() {
+    let order = visit_order(items);
+    plan.counts.reordered = order
+        .iter()
+        .enumerate()
+        .filter(|(at, index)| at != *index)
+        .count() as u64;
+    for index in order {
+        let item = &items[index];
         match &item.classified {
             Classified::Skip => plan.counts.skipped += 1,
             Classified::Dead(letter) => {
@@ -234,6 +248,46 @@ pub fn plan_batch(
         }
     }
     plan
+}
+
+/// The order in which [`plan_batch`] takes `items`: offset order, except
+/// that the envelopes of each session are taken in `seq` order (stable, so
+/// equal seqs keep their offset order) at the positions the session's
+/// envelopes occupy. Sessions are independent, so this is the same as
+/// applying each session's envelopes sorted by seq; a seq missing from the
+/// batch is still a gap. Returns indices into `items`.
+pub fn visit_order(items: &[Item]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    // Most batches are in order: find a session whose seq goes down first.
+    let mut last: HashMap<Uuid, u64> = HashMap::new();
+    let mut inverted = false;
+    for item in items {
+        if let Classified::Event(e) = &item.classified {
+            let prev = last.insert(e.session_id, e.seq);
+            inverted |= prev.is_some_and(|p| p > e.seq);
+        }
+    }
+    if !inverted {
+        return order;
+    }
+    let mut positions: HashMap<Uuid, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Classified::Event(e) = &item.classified {
+            positions.entry(e.session_id).or_default().push(i);
+        }
+    }
+    let seq = |i: usize| match &items[i].classified {
+        Classified::Event(e) => e.seq,
+        _ => 0,
+    };
+    for at in positions.values() {
+        let mut sorted = at.clone();
+        sorted.sort_by_key(|&i| seq(i));
+        for (slot, index) in at.iter().zip(sorted) {
+            order[*slot] = index;
+        }
+    }
+    order
 }
 
 fn new_session(env: &Envelope) -> SessionState {

@@ -218,6 +218,72 @@ fn a_gap_marks_the_session_stale_and_asks_for_one_resync() {
 }
 
 #[test]
+fn a_reorder_inside_one_batch_is_applied_in_seq_order_without_a_gap() {
+    // Two bridges on one shared subscription: a session's envelopes reach
+    // the partition as 3, 2, 5, 4 (another session's in between).
+    let mut m = Model::default();
+    m.run(&items(&[attached(1, &[("a", 1)])]), 0);
+    let batch = items(&[
+        changed(1, 3, &[("a", 3)], &[]),
+        attached(2, &[("b", 1)]),
+        changed(1, 2, &[("a", 2)], &[]),
+        changed(1, 5, &[("a", 5)], &[]),
+        changed(2, 2, &[("b", 2)], &[]),
+        changed(1, 4, &[("a", 4)], &[]),
+    ]);
+    let plan = m.run(&batch, 0);
+    assert_eq!(plan.counts.gaps, 0);
+    assert!(plan.resyncs.is_empty());
+    assert_eq!(plan.counts.applied, 6);
+    assert_eq!(plan.counts.reordered, 4, "3,2,5,4 are taken as 2,3,4,5");
+    let s = &m.sessions[&sid(1)];
+    assert!(!s.stale);
+    assert_eq!(s.last_seq, 5);
+    assert_eq!(m.attrs_of(1), vec![("a".to_string(), 5)]);
+    assert_eq!(m.attrs_of(2), vec![("b".to_string(), 2)]);
+    // Each history row keeps the offset its envelope had.
+    let offsets: Vec<(u64, i64)> = plan
+        .history
+        .iter()
+        .filter(|h| h.session_id == sid(1))
+        .map(|h| (h.seq, h.offset))
+        .collect();
+    assert_eq!(offsets, vec![(2, 2), (3, 0), (4, 5), (5, 3)]);
+}
+
+#[test]
+fn a_reorder_across_batches_is_still_a_gap() {
+    let mut m = Model::default();
+    m.run(&items(&[attached(1, &[("a", 1)])]), 0);
+    let plan = m.run(&items(&[changed(1, 3, &[("a", 3)], &[])]), 0);
+    assert_eq!(plan.counts.gaps, 1);
+    assert_eq!(plan.resyncs.len(), 1);
+    m.run(&items(&[changed(1, 2, &[("a", 2)], &[])]), 0);
+    let s = &m.sessions[&sid(1)];
+    assert!(
+        s.stale,
+        "3 was not applied; only a checkpoint heals the session"
+    );
+    assert_eq!(m.attrs_of(1), vec![("a".to_string(), 2)]);
+}
+
+#[test]
+fn an_in_order_batch_is_visited_in_offset_order() {
+    let batch = items(&[
+        attached(1, &[("a", 1)]),
+        attached(2, &[("b", 1)]),
+        changed(1, 2, &[("a", 2)], &[]),
+    ]);
+    assert_eq!(visit_order(&batch), vec![0, 1, 2]);
+    assert_eq!(
+        plan_batch(&batch, &HashMap::new(), 0, &POLICY)
+            .counts
+            .reordered,
+        0
+    );
+}
+
+#[test]
 fn a_checkpoint_at_or_after_the_last_seq_replaces_attributes_and_clears_stale() {
     let mut m = Model::default();
     m.run(&items(&[attached(1, &[("a", 1), ("b", 1)])]), 0);
@@ -445,6 +511,27 @@ proptest! {
         prop_assert_eq!(&many.history, &once.history);
         prop_assert_eq!(&many.sessions, &once.sessions);
         prop_assert!(!once.sessions[&sid(1)].stale);
+    }
+
+    /// However a stream's envelopes are shuffled inside one batch, the
+    /// outcome equals applying them in order: no gap, nothing stale.
+    #[test]
+    fn a_shuffle_inside_one_batch_never_changes_the_outcome(
+        envs in stream(),
+        keys in prop::collection::vec(any::<u32>(), 41),
+    ) {
+        let all = items(&envs);
+        let mut once = Model::default();
+        once.run(&all, 0);
+        let mut shuffled = all.clone();
+        let mut k = keys.into_iter();
+        shuffled.sort_by_key(|_| k.next().unwrap_or(0));
+        let mut m = Model::default();
+        let plan = m.run(&shuffled, 0);
+        prop_assert_eq!(plan.counts.gaps, 0);
+        prop_assert_eq!(&m.attrs, &once.attrs);
+        prop_assert_eq!(&m.history, &once.history);
+        prop_assert_eq!(&m.sessions, &once.sessions);
     }
 
     /// Dropping events makes the session stale (unless a later checkpoint

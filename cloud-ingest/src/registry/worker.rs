@@ -296,6 +296,7 @@ impl Worker {
         m.applied.add(plan.counts.applied as i64);
         m.duplicates.add(plan.counts.duplicates as i64);
         m.gaps.add(plan.counts.gaps as i64);
+        m.reordered.add(plan.counts.reordered as i64);
         m.resyncs.add(plan.counts.resyncs as i64);
         m.dlq.add(plan.counts.dead as i64);
         m.status.add(plan.counts.status as i64);
