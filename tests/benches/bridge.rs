@@ -13,8 +13,11 @@
 //! same run is the same publisher against mosquitto with no subscriber:
 //! the rate the load generator reaches on this machine, so a bridge rate
 //! near it means the publisher, not the bridge, was the limit. Target:
-//! ≥ 20,000 msgs/s per core (5× EMQX's published Kafka-sink figure). Prints
-//! figures; asserts nothing about timing.
+//! ≥ 20,000 msgs/s per core (5× EMQX's published Kafka-sink figure). Then
+//! the same paced stream through two bridges on one shared subscription
+//! (over 101 and over 5 device topics): how many records reach Kafka after
+//! a later message of their topic, and how far apart. Prints figures;
+//! asserts nothing about timing.
 
 #[path = "../tests/bridge_support/mod.rs"]
 mod bridge_support;
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bridge_support::*;
+use rae_tests::tansu;
 
 const N: usize = 60_000;
 const SESSIONS: usize = 100;
@@ -47,18 +51,18 @@ fn main() -> Result<()> {
     // Baseline: the same publisher, no bridge (mosquitto drops them: no
     // subscriber), the ceiling of the load generator on this machine.
     let start = Instant::now();
-    publish_stream(lab.mosquitto.port(), "bench-pub-base", &msgs, None)?;
+    publish_stream(lab.mosquitto.port(), "bench-pub-base", &msgs, &[])?;
     let base_rate = N as f64 / start.elapsed().as_secs_f64();
 
     let config = lab.config("bench-bridge", 1000, "\"linger.ms\" = \"5\"")?;
-    let bridge = Bridge::start_binary(&config, binary)?;
+    let bridge = Bridge::start_binary(&config, binary.clone())?;
     lab.wait_subscribed("bench-bridge", 1)?;
     let pid = bridge.pid().context("bridge pid")?;
     let tansu_pid = lab.tansu.pid().context("tansu pid")?;
     let cpu0 = cpu_secs(pid)?;
     let tansu0 = cpu_secs(tansu_pid)?;
     let start = Instant::now();
-    let waiting = publish_stream(lab.mosquitto.port(), "bench-pub", &msgs, Some(&bridge))?;
+    let waiting = publish_stream(lab.mosquitto.port(), "bench-pub", &msgs, &[&bridge])?;
     bridge.wait_metric(
         "rae_bridge_mqtt_acks_total",
         N as i64,
@@ -91,21 +95,123 @@ fn main() -> Result<()> {
         (N as f64 / wall) / base_rate
     );
     println!("  Tansu CPU time: {tansu_cpu:.2} s; records read back: {records}");
+    drop(bridge);
+    // Odd topic counts: mosquitto hands a shared subscription's messages
+    // to its members in turn, so with two bridges and an even count each
+    // topic would always reach the same bridge (no reorder possible).
+    for topics in [SESSIONS + 1, 5] {
+        let msgs: Vec<Msg> = device_messages("bench2", topics, N)
+            .into_iter()
+            .map(|mut m| {
+                m.payload.resize(PAYLOAD, b'.');
+                m
+            })
+            .collect();
+        two_bridges(binary.clone(), &msgs, topics)?;
+    }
     Ok(())
 }
 
+/// Two bridges on one shared subscription (fresh mosquitto and Tansu), the
+/// same paced stream: how often a topic's message reaches Kafka after a
+/// later one of the same topic, and how far back (in offsets of its
+/// partition) the first later one is. The registry applies each session's
+/// envelopes of one batch in seq order, so an inversion costs a resync
+/// only when a batch boundary falls inside that distance.
+fn two_bridges(binary: std::path::PathBuf, msgs: &[Msg], topics: usize) -> Result<()> {
+    let lab = Lab::start()?;
+    let configs = [
+        lab.config("bench-bridge-1", 1000, "\"linger.ms\" = \"5\"")?,
+        lab.config("bench-bridge-2", 1000, "\"linger.ms\" = \"5\"")?,
+    ];
+    let bridges = [
+        Bridge::start_binary(&configs[0], binary.clone())?,
+        Bridge::start_binary(&configs[1], binary)?,
+    ];
+    lab.wait_subscribed("bench-bridge-1", 1)?;
+    lab.wait_subscribed("bench-bridge-2", 1)?;
+    let start = Instant::now();
+    publish_stream(
+        lab.mosquitto.port(),
+        "bench-pub-2",
+        msgs,
+        &[&bridges[0], &bridges[1]],
+    )?;
+    let records = lab
+        .tansu
+        .read(EVENTS, msgs.len(), Duration::from_secs(120))?;
+    let wall = start.elapsed().as_secs_f64();
+    let (parsed, inverted, mut distances) = inversions(&records);
+    anyhow::ensure!(
+        parsed == msgs.len(),
+        "{parsed} of {} records carried a topic and a message number",
+        msgs.len()
+    );
+    distances.sort_unstable();
+    let pct = |q: f64| {
+        distances
+            .get(((distances.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let took: Vec<i64> = bridges
+        .iter()
+        .map(|b| b.metric("rae_bridge_messages_in_total").unwrap_or(0))
+        .collect();
+    println!(
+        "two bridges, one shared subscription, {topics} device topics: {} records in {wall:.2} s (the bridges took {took:?}); {inverted} reached Kafka after a later message of their topic ({:.2}%)",
+        records.len(),
+        100.0 * inverted as f64 / records.len().max(1) as f64
+    );
+    println!(
+        "  distance back to the first later message of the topic, in offsets of its partition: median {}, p99 {}, max {}",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    Ok(())
+}
+
+/// (records with a key and a message number, inverted records, for each
+/// inverted one the offset distance back to the first record of its key,
+/// in its partition, with a higher message number).
+fn inversions(records: &[tansu::Record]) -> (usize, usize, Vec<i64>) {
+    use std::collections::HashMap;
+    /// (message number, offset) of one key's records, in offset order.
+    type Seen = Vec<(u64, i64)>;
+    let mut seen: HashMap<(i32, Vec<u8>), Seen> = HashMap::new();
+    let mut sorted: Vec<&tansu::Record> = records.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let (mut parsed, mut inverted, mut distances) = (0, 0, Vec::new());
+    for r in sorted {
+        let n: Option<u64> = r
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.rsplit_once('#'))
+            .and_then(|(_, n)| n.trim_end_matches('.').parse().ok());
+        let (Some(key), Some(n)) = (r.key.clone(), n) else {
+            continue;
+        };
+        parsed += 1;
+        let list = seen.entry((r.partition, key)).or_default();
+        if let Some(&(_, first_later)) = list.iter().find(|(m, _)| *m > n) {
+            inverted += 1;
+            distances.push(r.offset - first_later);
+        }
+        list.push((n, r.offset));
+    }
+    (parsed, inverted, distances)
+}
+
 /// Publishes `msgs` at QoS 1 on one connection (up to 100 unacked by
-/// mosquitto) and waits for every PUBACK. With `pace`, before each chunk of
-/// [`CHUNK`] it waits (polling `/metrics` every [`PACE_POLL`]) until at
-/// most [`WINDOW`] messages are not yet acked by that bridge; returns the
+/// mosquitto) and waits for every PUBACK. With bridges in `pace`, before
+/// each chunk of [`CHUNK`] it waits (polling `/metrics` every
+/// [`PACE_POLL`]) until at most [`WINDOW`] messages are not yet acked by
+/// them together (each takes about half with two); returns the
 /// time spent so waiting. (A new connection per chunk, as `publish_all`
 /// does, cost ~40 ms per chunk and capped the rate near 4,000 msgs/s.)
-fn publish_stream(
-    port: u16,
-    client_id: &str,
-    msgs: &[Msg],
-    pace: Option<&Bridge>,
-) -> Result<Duration> {
+fn publish_stream(port: u16, client_id: &str, msgs: &[Msg], pace: &[&Bridge]) -> Result<Duration> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -133,13 +239,18 @@ fn publish_stream(
         let mut waiting = Duration::ZERO;
         let mut sent = 0usize;
         for chunk in msgs.chunks(CHUNK) {
-            if let Some(bridge) = pace {
+            if !pace.is_empty() {
                 let floor = (sent + chunk.len()).saturating_sub(WINDOW) as i64;
                 let t = Instant::now();
-                while bridge.metric("rae_bridge_mqtt_acks_total").unwrap_or(0) < floor {
+                let acked = || -> i64 {
+                    pace.iter()
+                        .map(|b| b.metric("rae_bridge_mqtt_acks_total").unwrap_or(0))
+                        .sum()
+                };
+                while acked() < floor {
                     anyhow::ensure!(
                         t.elapsed() < Duration::from_secs(60),
-                        "the bridge acked fewer than {floor} messages in 60 s"
+                        "the bridges acked fewer than {floor} messages in 60 s"
                     );
                     tokio::time::sleep(PACE_POLL).await;
                 }

@@ -42,7 +42,8 @@ pub struct Cloud {
 }
 
 impl Cloud {
-    /// `partitions` for the events topic; `extra` is appended to `[registry]`.
+    /// `partitions` for the events topic; `extra` is appended to `[registry]`
+    /// (`batch_max_wait_ms` is 100 unless `extra` sets it).
     pub fn start(partitions: i32, registry_extra: &str) -> Result<Cloud> {
         Cloud::start_with(partitions, registry_extra, None)
     }
@@ -63,11 +64,17 @@ impl Cloud {
             l.local_addr()?.port()
         };
         let config = dir.path().join("cloud-ingest.toml");
+        // 100 ms batches unless the test sets its own.
+        let wait = if registry_extra.contains("batch_max_wait_ms") {
+            ""
+        } else {
+            "batch_max_wait_ms = 100\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "log_level = \"{log_level}\"\n[kafka]\nbrokers = \"{}\"\n[database]\nurl = \"{}\"\nretry_max_backoff_secs = 1\n\
-                 [registry]\nbatch_max_wait_ms = 100\n{registry_extra}\n\
+                 [registry]\n{wait}{registry_extra}\n\
                  [metrics]\nbridge_listen = \"\"\nregistry_listen = \"127.0.0.1:{metrics_port}\"\n",
                 kafka.bootstrap(),
                 pg.url()
