@@ -88,6 +88,39 @@ fn registry_applies_events_in_order_and_ignores_duplicates() {
 }
 
 #[test]
+fn a_reorder_across_a_batch_boundary_waits_for_the_next_batch_instead_of_a_gap() {
+    // Batches of 2 records: [1, 3] [2, 4] [5] as two bridges could deliver
+    // them. Without the deferral seq 3 ends the first batch as a gap.
+    let cloud = Cloud::start(1, "batch_max_records = 2\nbatch_max_wait_ms = 2000").unwrap();
+    let mut s = Session::new("box-d", "dev0");
+    let one = s.attached(&[("n", 1)]);
+    let two = s.changed(&[("n", 2)]);
+    let three = s.changed(&[("n", 3)]);
+    let four = s.changed(&[("n", 4)]);
+    let five = s.changed(&[("n", 5)]);
+    // Pre-loaded, so every batch fills to 2 at once.
+    cloud.send(&[one, three, two, four, five]).unwrap();
+    let reg = cloud.registry().unwrap();
+    wait("all events applied", CONVERGE, || last_seq(&cloud, &s) == 5)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+        .unwrap();
+    assert_eq!(cloud.metric("rae_registry_gaps_total"), Some(0));
+    assert!(
+        cloud
+            .metric("rae_registry_records_deferred_total")
+            .is_some_and(|n| n >= 1),
+        "{:?}",
+        cloud.metric("rae_registry_records_deferred_total")
+    );
+    assert_eq!(history(&cloud, &s), 5);
+    assert_eq!(attr(&cloud, &s, "n").as_deref(), Some("5"));
+    assert_eq!(
+        cloud.count("SELECT count(*) FROM device_sessions WHERE stale"),
+        0
+    );
+}
+
+#[test]
 fn a_gap_marks_the_session_stale_and_produces_exactly_one_resync_record() {
     let cloud = Cloud::start(1, "resync_min_interval_secs = 3600").unwrap();
     let reg = cloud.registry().unwrap();

@@ -15,7 +15,9 @@
 //! prepared once per connection ([`Statements`]), not parsed per batch.
 
 use super::{sql, DbError};
-use crate::registry::plan::{plan_batch, sessions_needed, Item, Plan, Policy, SessionState};
+use crate::registry::plan::{
+    plan_with_deferral, sessions_needed, Item, Plan, Policy, SessionState,
+};
 use rae_protocol::AttrValue;
 use std::collections::HashMap;
 use tokio_postgres::{Client, Statement, Transaction};
@@ -208,9 +210,11 @@ const BOXES_SQL: &str = "INSERT INTO boxes (rae_id, online, agent_version, start
                  updated_at = excluded.updated_at";
 
 /// One batch's database work inside `tx`: load and lock the sessions the
-/// batch names, plan the batch against them ([`plan_batch`], pure) and
-/// write the plan, history as `history` says. The caller produces the plan's side records (dead
-/// letters, resyncs) and then commits; nothing here commits.
+/// batch names, plan the batch against them ([`plan_with_deferral`], pure;
+/// `defer` as there) and write the plan, history as `history` says.
+/// Returns the plan and how many of `items` (a prefix) it covers. The
+/// caller produces the plan's side records (dead letters, resyncs) and
+/// then commits; nothing here commits.
 pub async fn apply(
     tx: &Transaction<'_>,
     st: &Statements,
@@ -218,11 +222,12 @@ pub async fn apply(
     now_ms: u64,
     policy: &Policy,
     history: HistoryInsert,
-) -> Result<Plan, DbError> {
+    defer: Option<usize>,
+) -> Result<(Plan, usize), DbError> {
     let loaded = load_sessions(tx, st, &sessions_needed(items)).await?;
-    let plan = plan_batch(items, &loaded, now_ms, policy);
+    let (plan, covered) = plan_with_deferral(items, &loaded, now_ms, policy, defer);
     write_plan(tx, st, &plan, policy, history).await?;
-    Ok(plan)
+    Ok((plan, covered))
 }
 
 /// How [`apply`] writes history rows.

@@ -43,6 +43,7 @@ pub struct RegistryMetrics {
     pub duplicates: Value,
     pub gaps: Value,
     pub reordered: Value,
+    pub deferred: Value,
     pub resyncs: Value,
     pub dlq: Value,
     pub status: Value,
@@ -88,6 +89,10 @@ impl RegistryMetrics {
             reordered: m.counter(
                 "rae_registry_events_reordered_total",
                 "Envelopes taken out of offset order to apply their session in seq order within a batch.",
+            ),
+            deferred: m.counter(
+                "rae_registry_records_deferred_total",
+                "Records left for the next batch because a gap in the batch's tail may be a reorder.",
             ),
             resyncs: m.counter("rae_registry_resyncs_total", "Resync commands produced."),
             dlq: m.counter(

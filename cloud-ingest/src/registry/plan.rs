@@ -13,7 +13,9 @@
 //! - within a batch, each session's envelopes are taken in `seq` order
 //!   (ties in offset order), so a reorder that stays inside one batch (two
 //!   bridges on one shared subscription) is undone, not a gap; every other
-//!   record keeps its offset position ([`visit_order`]);
+//!   record keeps its offset position ([`visit_order`]); a gap in a
+//!   batch's tail may wait for the next batch, once
+//!   ([`plan_with_deferral`]);
 //! - a checkpoint with `seq >= last` (or for an unknown session) replaces
 //!   the attributes, sets `last = seq` and clears `stale`;
 //! - every applied envelope gets one history row; history beyond
@@ -137,6 +139,9 @@ pub struct Plan {
     /// storing it at the same moment (a rebalance) makes the plain insert
     /// fail, and the worker retries with `ON CONFLICT` (`db::write`).
     pub history_may_exist: bool,
+    /// Offset-order index of the first record that showed a gap, if any
+    /// ([`plan_with_deferral`]).
+    pub first_gap: Option<usize>,
 }
 
 /// The net status of one box in a batch.
@@ -238,7 +243,11 @@ pub fn plan_batch(
                 let slot = state
                     .entry(env.session_id)
                     .or_insert_with(|| loaded.get(&env.session_id).cloned());
+                let gaps = plan.counts.gaps;
                 apply_event(&mut plan, slot, env, item, now_ms, policy);
+                if plan.counts.gaps > gaps {
+                    plan.first_gap = Some(plan.first_gap.map_or(index, |g| g.min(index)));
+                }
                 if !loaded.contains_key(&env.session_id)
                     && plan.sessions.contains_key(&env.session_id)
                 {
@@ -248,6 +257,45 @@ pub fn plan_batch(
         }
     }
     plan
+}
+
+/// [`plan_batch`], except that a gap in the batch's tail may wait for the
+/// next batch, once: returns the plan and how many of `items` (a prefix)
+/// it covers; the caller applies that prefix, commits its offsets, and
+/// feeds the rest into the next batch, first.
+///
+/// Why: two bridges can reorder a session across a batch boundary (the
+/// later envelope ends this batch, the earlier one opens the next); inside
+/// one batch [`visit_order`] already undoes it.
+///
+/// `defer` is `None` when no cut is allowed (the last batch before
+/// shutdown), else `Some(carried)`: the batch's first `carried` records
+/// were deferred once already, and a gap among them is a gap, so every
+/// record waits at most once and a lost envelope delays its gap by at most
+/// one batch. The cut is at the first record that shows a gap, provided
+/// something before it is applied; if the prefix itself shows a gap (a
+/// session whose earlier envelope lies beyond the cut), the cut moves to
+/// that one, and when no gapless prefix qualifies, nothing is cut.
+pub fn plan_with_deferral(
+    items: &[Item],
+    loaded: &HashMap<Uuid, SessionState>,
+    now_ms: u64,
+    policy: &Policy,
+    defer: Option<usize>,
+) -> (Plan, usize) {
+    let full = plan_batch(items, loaded, now_ms, policy);
+    let Some(carried) = defer else {
+        return (full, items.len());
+    };
+    let mut cut = full.first_gap;
+    while let Some(n) = cut.filter(|&n| n > 0 && n >= carried) {
+        let prefix = plan_batch(&items[..n], loaded, now_ms, policy);
+        if prefix.first_gap.is_none() {
+            return (prefix, n);
+        }
+        cut = prefix.first_gap;
+    }
+    (full, items.len())
 }
 
 /// The order in which [`plan_batch`] takes `items`: offset order, except

@@ -267,6 +267,98 @@ fn a_reorder_across_batches_is_still_a_gap() {
     assert_eq!(m.attrs_of(1), vec![("a".to_string(), 2)]);
 }
 
+impl Model {
+    /// Plans `batch` with [`plan_with_deferral`] and applies the covered
+    /// prefix; returns the records left for the next batch.
+    fn run_deferring(&mut self, batch: &[Item], carried: Option<usize>) -> (Plan, Vec<Item>) {
+        let loaded = sessions_needed(batch)
+            .iter()
+            .filter_map(|s| self.sessions.get(s).map(|st| (*s, st.clone())))
+            .collect();
+        let (_, covered) = plan_with_deferral(batch, &loaded, 0, &POLICY, carried);
+        let plan = self.run(&batch[..covered], 0);
+        (plan, batch[covered..].to_vec())
+    }
+}
+
+#[test]
+fn a_gap_in_the_batch_tail_waits_for_the_next_batch_once() {
+    // Two bridges: seq 3 ends this batch, seq 2 opens the next.
+    let all = items(&[
+        attached(1, &[("a", 1)]),
+        changed(1, 3, &[("a", 3)], &[]),
+        changed(1, 2, &[("a", 2)], &[]),
+        changed(1, 4, &[("a", 4)], &[]),
+    ]);
+    let mut m = Model::default();
+    let (plan, carry) = m.run_deferring(&all[..2], Some(0));
+    assert_eq!(plan.counts.gaps, 0);
+    assert_eq!(carry.len(), 1, "seq 3 waits");
+    let mut next = carry;
+    next.extend_from_slice(&all[2..]);
+    let (plan, carry) = m.run_deferring(&next, Some(1));
+    assert!(carry.is_empty());
+    assert_eq!(plan.counts.gaps, 0);
+    let s = &m.sessions[&sid(1)];
+    assert!(!s.stale);
+    assert_eq!(s.last_seq, 4);
+}
+
+#[test]
+fn a_deferred_gap_that_persists_is_a_gap() {
+    let mut m = Model::default();
+    m.run(&items(&[attached(1, &[("a", 1)])]), 0);
+    let batch = items(&[changed(1, 3, &[("a", 3)], &[])]);
+    // Carried once already: it is applied as a gap.
+    let (plan, carry) = m.run_deferring(&batch, Some(1));
+    assert!(carry.is_empty());
+    assert_eq!(plan.counts.gaps, 1);
+    assert!(m.sessions[&sid(1)].stale);
+}
+
+#[test]
+fn nothing_is_deferred_on_the_last_batch_or_when_nothing_would_be_applied() {
+    let mut m = Model::default();
+    m.run(&items(&[attached(1, &[("a", 1)])]), 0);
+    let gap_first = items(&[changed(1, 3, &[], &[]), attached(2, &[("b", 1)])]);
+    let (plan, carry) = m.clone().run_deferring(&gap_first, Some(0));
+    assert!(carry.is_empty(), "a cut at 0 would apply nothing");
+    assert_eq!(plan.counts.gaps, 1);
+    let gap_last = items(&[attached(2, &[("b", 1)]), changed(1, 3, &[], &[])]);
+    let (plan, carry) = m.run_deferring(&gap_last, None);
+    assert!(carry.is_empty(), "the last batch applies everything");
+    assert_eq!(plan.counts.gaps, 1);
+}
+
+#[test]
+fn a_cut_never_splits_a_reorder_that_the_batch_holds_whole() {
+    let mut m = Model::default();
+    m.run(
+        &items(&[attached(1, &[("a", 1)]), attached(2, &[("b", 1)])]),
+        0,
+    );
+    // Session 1 arrives as 3, 2 around session 2's gap: cutting at that gap
+    // would leave 2 behind 3, so nothing is cut.
+    let batch = items(&[
+        changed(1, 3, &[("a", 3)], &[]),
+        changed(2, 5, &[("b", 5)], &[]),
+        changed(1, 2, &[("a", 2)], &[]),
+    ]);
+    let (plan, carry) = m.clone().run_deferring(&batch, Some(0));
+    assert!(carry.is_empty());
+    assert_eq!(plan.counts.gaps, 1, "only session 2's own gap");
+    // Session 1 in order before the gap: the cut is at the gap.
+    let batch = items(&[
+        changed(1, 2, &[("a", 2)], &[]),
+        changed(2, 5, &[("b", 5)], &[]),
+        changed(1, 3, &[("a", 3)], &[]),
+    ]);
+    let (plan, carry) = m.run_deferring(&batch, Some(0));
+    assert_eq!(plan.counts.gaps, 0);
+    assert_eq!(carry.len(), 2, "from session 2's gap on");
+    assert_eq!(m.sessions[&sid(1)].last_seq, 2);
+}
+
 #[test]
 fn an_in_order_batch_is_visited_in_offset_order() {
     let batch = items(&[

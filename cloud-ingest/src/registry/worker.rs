@@ -1,6 +1,10 @@
 //! One ordered pipeline per assigned partition: collect a batch (up to
 //! `batch_max_records` or `batch_max_wait_ms` after its first record),
 //! apply it in ONE database transaction, then store and commit the offset.
+//! A gap in a batch's tail may make the batch apply only up to it; the
+//! rest opens the next batch (once per record, never on the last batch
+//! before shutdown; `plan::plan_with_deferral`), and the stored offset is
+//! that of the last record applied.
 //!
 //! Invariants:
 //! - the offset of a batch is stored/committed only after its transaction
@@ -123,20 +127,25 @@ impl Worker {
             Source::Events
         };
         let metrics = self.shared.metrics.clone();
+        // Records of the last batch left for this one (a gap in its tail,
+        // `plan::plan_with_deferral`): they open this batch.
+        let mut carry: Vec<Item> = Vec::new();
         loop {
             let idle_since = Instant::now();
-            let first = tokio::select! {
-                m = self.rx.recv() => match m { Some(m) => m, None => return },
-                _ = self.stop.changed() => return,
-            };
+            let mut batch = Vec::new();
+            if carry.is_empty() {
+                batch.push(tokio::select! {
+                    m = self.rx.recv() => match m { Some(m) => m, None => return },
+                    _ = self.stop.changed() => return,
+                });
+            }
             let opened = Instant::now();
             metrics
                 .idle_ms_total
                 .add(ms(opened.duration_since(idle_since)));
-            let mut batch = vec![first];
             let deadline = opened + self.shared.batch_max_wait;
             let mut stopping = false;
-            while batch.len() < self.shared.batch_max_records {
+            while carry.len() + batch.len() < self.shared.batch_max_records {
                 tokio::select! {
                     biased;
                     m = self.rx.recv() => match m {
@@ -151,19 +160,31 @@ impl Worker {
             if self.stop_state() == Stop::Revoked {
                 return;
             }
-            let items: Vec<Item> = batch
-                .iter()
-                .map(|m| Item {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    raw: m.payload().unwrap_or_default().to_vec(),
-                    classified: classify(source, m.key(), m.payload()),
-                })
-                .collect();
+            let carried = carry.len();
+            let mut items = std::mem::take(&mut carry);
+            items.extend(batch.iter().map(|m| Item {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                raw: m.payload().unwrap_or_default().to_vec(),
+                classified: classify(source, m.key(), m.payload()),
+            }));
             drop(batch);
-            if !self.apply_with_retry(&items).await {
+            // The last batch before shutdown applies everything.
+            let defer = (!stopping).then_some(carried);
+            let Some(covered) = self.apply_with_retry(&items, defer).await else {
                 return;
+            };
+            carry = items.split_off(covered);
+            if !carry.is_empty() {
+                metrics.deferred.add(carry.len() as i64);
+                log::debug!(
+                    "{}[{}]: a gap at offset {} waits for the next batch with the {} records from there",
+                    self.topic,
+                    self.partition,
+                    carry[0].offset,
+                    carry.len()
+                );
             }
             if stopping {
                 return;
@@ -171,9 +192,10 @@ impl Worker {
         }
     }
 
-    /// Applies one batch until it commits (true) or the partition is
-    /// revoked (false).
-    async fn apply_with_retry(&mut self, items: &[Item]) -> bool {
+    /// Applies one batch until it commits (`Some(n)`: the first `n` of
+    /// `items` were applied, the rest wait for the next batch; `defer` as
+    /// in `plan::plan_with_deferral`) or the partition is revoked (`None`).
+    async fn apply_with_retry(&mut self, items: &[Item], defer: Option<usize>) -> Option<usize> {
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0u32;
@@ -185,14 +207,14 @@ impl Worker {
                     self.partition,
                     items.len()
                 );
-                return false;
+                return None;
             }
             attempt += 1;
-            match self.apply_once(items).await {
-                Ok(plan) => {
-                    self.after_commit(items, &plan, started.elapsed());
+            match self.apply_once(items, defer).await {
+                Ok((plan, covered)) => {
+                    self.after_commit(&items[..covered], &plan, started.elapsed());
                     self.history = HistoryInsert::Fast;
-                    return true;
+                    return Some(covered);
                 }
                 Err(BatchError::Db(e))
                     if e.is_unique_violation() && self.history == HistoryInsert::Fast =>
@@ -253,7 +275,11 @@ impl Worker {
         }
     }
 
-    async fn apply_once(&mut self, items: &[Item]) -> Result<Plan, BatchError> {
+    async fn apply_once(
+        &mut self,
+        items: &[Item],
+        defer: Option<usize>,
+    ) -> Result<(Plan, usize), BatchError> {
         let conn = match self.db.take() {
             Some(conn) => conn,
             None => {
@@ -269,20 +295,21 @@ impl Worker {
             .transaction()
             .await
             .map_err(db::sql("begin a transaction"))?;
-        let plan = write::apply(
+        let (plan, covered) = write::apply(
             &tx,
             &conn.statements,
             items,
             now_ms(),
             &self.shared.policy,
             self.history,
+            defer,
         )
         .await?;
-        produce_side_records(&self.shared, &self.topic, items, &plan).await?;
+        produce_side_records(&self.shared, &self.topic, &items[..covered], &plan).await?;
         tx.commit()
             .await
             .map_err(db::sql("commit the batch transaction"))?;
-        Ok(plan)
+        Ok((plan, covered))
     }
 
     fn after_commit(&self, items: &[Item], plan: &Plan, took: Duration) {

@@ -148,7 +148,20 @@ async fn pipeline(
             })
             .collect();
         let tx = client.transaction().await?;
-        let plan = write::apply(&tx, &st, &items, now_ms(), &POLICY, HistoryInsert::Fast).await?;
+        let (plan, covered) = write::apply(
+            &tx,
+            &st,
+            &items,
+            now_ms(),
+            &POLICY,
+            HistoryInsert::Fast,
+            Some(0),
+        )
+        .await?;
+        ensure!(
+            covered == items.len(),
+            "the bench's envelopes are gapless, yet a batch was cut"
+        );
         tx.commit().await?;
         ensure!(
             plan.dead.is_empty() && plan.resyncs.is_empty(),
