@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bridge_support::*;
-use rae_tests::tansu;
 
 const N: usize = 60_000;
 const SESSIONS: usize = 100;
@@ -40,13 +39,7 @@ const PACE_POLL: Duration = Duration::from_millis(2);
 fn main() -> Result<()> {
     let binary = binary("cargo build --release -p rae-cloud-ingest")?;
     let lab = Lab::start()?;
-    let msgs: Vec<Msg> = device_messages("bench", SESSIONS, N)
-        .into_iter()
-        .map(|mut m| {
-            m.payload.resize(PAYLOAD, b'.');
-            m
-        })
-        .collect();
+    let msgs = padded_messages("bench", SESSIONS, N, PAYLOAD);
 
     // Baseline: the same publisher, no bridge (mosquitto drops them: no
     // subscriber), the ceiling of the load generator on this machine.
@@ -100,13 +93,7 @@ fn main() -> Result<()> {
     // to its members in turn, so with two bridges and an even count each
     // topic would always reach the same bridge (no reorder possible).
     for topics in [SESSIONS + 1, 5] {
-        let msgs: Vec<Msg> = device_messages("bench2", topics, N)
-            .into_iter()
-            .map(|mut m| {
-                m.payload.resize(PAYLOAD, b'.');
-                m
-            })
-            .collect();
+        let msgs = padded_messages("bench2", topics, N, PAYLOAD);
         two_bridges(binary.clone(), &msgs, topics)?;
     }
     Ok(())
@@ -116,8 +103,9 @@ fn main() -> Result<()> {
 /// same paced stream: how often a topic's message reaches Kafka after a
 /// later one of the same topic, and how far back (in offsets of its
 /// partition) the first later one is. The registry applies each session's
-/// envelopes of one batch in seq order, so an inversion costs a resync
-/// only when a batch boundary falls inside that distance.
+/// envelopes of one batch in seq order and lets a gap in a batch's tail
+/// wait for the next batch once, so an inversion costs a resync only when
+/// it spans more than one batch.
 fn two_bridges(binary: std::path::PathBuf, msgs: &[Msg], topics: usize) -> Result<()> {
     let lab = Lab::start()?;
     let configs = [
@@ -141,7 +129,11 @@ fn two_bridges(binary: std::path::PathBuf, msgs: &[Msg], topics: usize) -> Resul
         .tansu
         .read(EVENTS, msgs.len(), Duration::from_secs(120))?;
     let wall = start.elapsed().as_secs_f64();
-    let (parsed, inverted, mut distances) = inversions(&records);
+    let Inversions {
+        parsed,
+        inverted,
+        mut distances,
+    } = inversions(&records);
     anyhow::ensure!(
         parsed == msgs.len(),
         "{parsed} of {} records carried a topic and a message number",
@@ -170,38 +162,6 @@ fn two_bridges(binary: std::path::PathBuf, msgs: &[Msg], topics: usize) -> Resul
         pct(1.0)
     );
     Ok(())
-}
-
-/// (records with a key and a message number, inverted records, for each
-/// inverted one the offset distance back to the first record of its key,
-/// in its partition, with a higher message number).
-fn inversions(records: &[tansu::Record]) -> (usize, usize, Vec<i64>) {
-    use std::collections::HashMap;
-    /// (message number, offset) of one key's records, in offset order.
-    type Seen = Vec<(u64, i64)>;
-    let mut seen: HashMap<(i32, Vec<u8>), Seen> = HashMap::new();
-    let mut sorted: Vec<&tansu::Record> = records.iter().collect();
-    sorted.sort_by_key(|r| (r.partition, r.offset));
-    let (mut parsed, mut inverted, mut distances) = (0, 0, Vec::new());
-    for r in sorted {
-        let n: Option<u64> = r
-            .value
-            .as_deref()
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.rsplit_once('#'))
-            .and_then(|(_, n)| n.trim_end_matches('.').parse().ok());
-        let (Some(key), Some(n)) = (r.key.clone(), n) else {
-            continue;
-        };
-        parsed += 1;
-        let list = seen.entry((r.partition, key)).or_default();
-        if let Some(&(_, first_later)) = list.iter().find(|(m, _)| *m > n) {
-            inverted += 1;
-            distances.push(r.offset - first_later);
-        }
-        list.push((n, r.offset));
-    }
-    (parsed, inverted, distances)
 }
 
 /// Publishes `msgs` at QoS 1 on one connection (up to 100 unacked by

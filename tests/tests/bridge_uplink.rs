@@ -211,21 +211,7 @@ fn two_bridges_on_one_shared_subscription_split_the_load_without_loss() -> Resul
     // No loss; order across two bridges is not promised (docs/CLOUD.md):
     // print how often a topic's message reached Kafka after a later one
     // of the same topic (the registry undoes such reorders inside a batch).
-    let mut newest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
-    let mut inverted = 0;
-    for r in &records {
-        let n: Option<u64> = r
-            .value
-            .as_deref()
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.rsplit_once('#'))
-            .and_then(|(_, n)| n.parse().ok());
-        if let (Some(key), Some(n)) = (r.key.clone(), n) {
-            let top = newest.entry(key).or_insert(n);
-            inverted += usize::from(n < *top);
-            *top = (*top).max(n);
-        }
-    }
+    let inverted = inversions(&records).inverted;
     eprintln!(
         "{inverted} of {} records reached Kafka after a later message of their topic",
         records.len()

@@ -347,6 +347,59 @@ pub fn device_messages(rae_id: &str, topics: usize, n: usize) -> Vec<Msg> {
         .collect()
 }
 
+/// [`device_messages`] with each payload padded with `.` to `bytes`.
+pub fn padded_messages(rae_id: &str, topics: usize, n: usize, bytes: usize) -> Vec<Msg> {
+    let mut msgs = device_messages(rae_id, topics, n);
+    for m in &mut msgs {
+        m.payload.resize(bytes, b'.');
+    }
+    msgs
+}
+
+/// How far records of [`device_messages`] arrived out of their topic's
+/// order, read back from Kafka ([`inversions`]).
+#[derive(Debug, Default)]
+pub struct Inversions {
+    /// Records with a key and a message number.
+    pub parsed: usize,
+    /// Records that reached their partition after a later message of their
+    /// topic.
+    pub inverted: usize,
+    /// For each inverted record, the offset distance back to the first
+    /// record of its topic with a higher message number.
+    pub distances: Vec<i64>,
+}
+
+/// Counts, per partition and topic (the record key), the records of
+/// [`device_messages`] (padding allowed) that came after a later message.
+pub fn inversions(records: &[rae_tests::tansu::Record]) -> Inversions {
+    /// (message number, offset) of one key's records, in offset order.
+    type Seen = Vec<(u64, i64)>;
+    let mut seen: std::collections::HashMap<(i32, Vec<u8>), Seen> = Default::default();
+    let mut sorted: Vec<&rae_tests::tansu::Record> = records.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut out = Inversions::default();
+    for r in sorted {
+        let n: Option<u64> = r
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.rsplit_once('#'))
+            .and_then(|(_, n)| n.trim_end_matches('.').parse().ok());
+        let (Some(key), Some(n)) = (r.key.clone(), n) else {
+            continue;
+        };
+        out.parsed += 1;
+        let list = seen.entry((r.partition, key)).or_default();
+        if let Some(&(_, first_later)) = list.iter().find(|(m, _)| *m > n) {
+            out.inverted += 1;
+            out.distances.push(r.offset - first_later);
+        }
+        list.push((n, r.offset));
+    }
+    out
+}
+
 /// Publishes `msgs` in order at QoS 1 (up to 100 unacked) as `client_id`
 /// and waits until the broker acked all of them.
 pub fn publish_all(port: u16, client_id: &str, msgs: &[Msg]) -> Result<()> {
