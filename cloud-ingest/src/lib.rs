@@ -6,12 +6,14 @@
 //! - [`db`]: embedded migrations and the SQL both of those share.
 //! - [`cli`]: the `devices` query commands.
 //! - [`metrics`]: Prometheus `/metrics` for both roles.
+//! - [`kafka_alias`]: librdkafka property aliases, renamed before merging.
 //! - [`config`]: raw TOML → validated [`config::Settings`].
 
 pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod kafka_alias;
 pub mod logging;
 pub mod metrics;
 pub mod registry;

@@ -11,6 +11,7 @@
 //!   after the command's PUBACK; auto-commit then commits stored offsets).
 
 use crate::config::KafkaSettings;
+use crate::kafka_alias::canonical;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
@@ -103,25 +104,6 @@ const PRODUCER_ONLY: [&str; 6] = [
     "compression.type",
     "queue.buffering.max.messages",
 ];
-
-/// librdkafka's aliases of the properties above, and their names here.
-/// `ClientConfig` is a map applied in no particular order, so an alias
-/// next to its name would win or lose at random (e.g. a
-/// `request.required.acks` could undo `acks=all`): operator properties are
-/// renamed to the names used here before they are merged.
-const ALIASES: [(&str, &str); 4] = [
-    ("request.required.acks", "acks"),
-    ("delivery.timeout.ms", "message.timeout.ms"),
-    ("queue.buffering.max.ms", "linger.ms"),
-    ("compression.codec", "compression.type"),
-];
-
-fn canonical(key: &str) -> &str {
-    ALIASES
-        .iter()
-        .find(|(alias, _)| *alias == key)
-        .map_or(key, |(_, name)| name)
-}
 
 /// The producer's properties; a later entry replaces an earlier one of the
 /// same name.

@@ -101,7 +101,7 @@ pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
         // No SQLSTATE: I/O, closed connection, connect failure.
         return true;
     };
-    let class = &code.code()[..2];
+    let class = code.code().get(..2).unwrap_or_default();
     matches!(class, "08" | "40" | "53" | "57" | "58") || *code == SqlState::CANNOT_CONNECT_NOW
 }
 

@@ -179,7 +179,7 @@ const ATTRS_WRITE_SQL: &str = "INSERT INTO device_attributes (session_id, name, 
 
 const HISTORY_SQL: &str = "INSERT INTO device_events (session_id, seq, kind, ts_ms, envelope, kafka_partition, kafka_offset, recorded_at)
              SELECT s, q, k, ts, e, p, o, now()
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::int[], $7::bigint[])
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[], $7::bigint[])
                   AS x(s, q, k, ts, e, p, o)
              ON CONFLICT (session_id, seq) DO NOTHING";
 
@@ -189,7 +189,7 @@ const HISTORY_SQL: &str = "INSERT INTO device_events (session_id, seq, kind, ts_
 /// docs/BENCHMARKS.md).
 const HISTORY_NEW_SQL: &str = "INSERT INTO device_events (session_id, seq, kind, ts_ms, envelope, kafka_partition, kafka_offset, recorded_at)
              SELECT s, q, k, ts, e, p, o, now()
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::int[], $7::bigint[])
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[], $7::bigint[])
                   AS x(s, q, k, ts, e, p, o)";
 
 const HISTORY_TRIM_SQL: &str = "DELETE FROM device_events WHERE (session_id, seq) IN
@@ -414,7 +414,7 @@ async fn write_history(
         let k: Vec<&str> = h.iter().map(|r| r.kind).collect();
         let ts: Vec<i64> = h.iter().map(|r| to_i64(r.ts_ms)).collect();
         let env: Vec<&[u8]> = h.iter().map(|r| r.envelope.as_slice()).collect();
-        let p: Vec<i32> = h.iter().map(|r| r.partition).collect();
+        let p: Vec<i64> = h.iter().map(|r| i64::from(r.partition)).collect();
         let o: Vec<i64> = h.iter().map(|r| r.offset).collect();
         tx.execute(statement, &[&s, &q, &k, &ts, &env, &p, &o])
             .await
@@ -449,4 +449,41 @@ async fn write_boxes(tx: &Transaction<'_>, st: &Statements, plan: &Plan) -> Resu
         .map_err(sql("write box status"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CockroachDB's `INT` is 8 bytes (`default_int_size`): a `$n::int[]`
+    /// there expects `i64`s and rejects the `i32`s PostgreSQL would take,
+    /// so every integer parameter is cast as `bigint` (docs/CLOUD.md, SQL
+    /// rule 1).
+    #[test]
+    fn no_statement_binds_an_integer_whose_width_differs_between_engines() {
+        for sql in [
+            LOAD_SESSIONS_SQL,
+            SESSIONS_SQL,
+            DEVICES_SQL,
+            ATTRS_REPLACE_SQL,
+            ATTRS_REMOVE_SQL,
+            ATTRS_WRITE_SQL,
+            HISTORY_SQL,
+            HISTORY_NEW_SQL,
+            HISTORY_TRIM_SQL,
+            BOXES_SQL,
+        ] {
+            let lower = sql.to_lowercase();
+            for cast in [
+                "::int[]",
+                "::int)",
+                "::int,",
+                "::integer",
+                "::int4",
+                "::int ",
+            ] {
+                assert!(!lower.contains(cast), "{cast} in {sql}");
+            }
+        }
+    }
 }

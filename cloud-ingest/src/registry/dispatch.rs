@@ -21,6 +21,12 @@
 //! - on revoke, the partition's worker is told to abandon (its uncommitted
 //!   records are redelivered to the next owner; applying them twice is a
 //!   no-op by `(session_id, seq)`) and its stash is dropped;
+//! - every newly assigned partition is resumed (librdkafka keeps an
+//!   application pause across revoke and re-assignment, and a new pipeline
+//!   starts unpaused);
+//! - a pipeline that panics stops the registry (after the others finish
+//!   their batch): a new pipeline for its partition would start after the
+//!   lost batch and commit past it;
 //! - on shutdown, workers finish their batch and commit; then the stored
 //!   offsets are committed synchronously, bounded by [`SHUTDOWN_DEADLINE`].
 
@@ -98,6 +104,24 @@ impl ConsumerContext for RegistryContext {
                 log::info!("partitions assigned: {list:?}");
             }
             Rebalance::Error(e) => log::warn!("rebalance error: {e}"),
+        }
+    }
+
+    /// Resumes every newly assigned partition. The dispatcher pauses a
+    /// partition whose stash is full, and librdkafka keeps such an
+    /// application pause across a revoke and a later re-assignment
+    /// (`rdkafka_assignment.c` resets only its own pause flag). A paused
+    /// partition revoked and handed back (an eager rebalance, e.g. a second
+    /// registry joining during a database outage) would otherwise never be
+    /// fetched again: its new pipeline starts unpaused and nothing would
+    /// ever resume it.
+    fn post_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if tpl.count() > 0 {
+                if let Err(e) = c.resume(tpl) {
+                    log::warn!("cannot resume the newly assigned partitions: {e}");
+                }
+            }
         }
     }
 
@@ -236,14 +260,32 @@ impl Dispatcher {
                 _ = tick.tick() => self.drain_stashes(),
             }
             self.handle_revokes();
-            while let Some(done) = self.workers.try_join_next() {
-                if let Err(e) = done {
-                    log::error!("a partition pipeline failed: {e}");
-                }
+            if let Some(e) = self.failed_worker() {
+                // A pipeline that panicked lost its uncommitted batch; a new
+                // pipeline for its partition would start at the fetch
+                // position after it and commit past it. Stop instead: the
+                // restart resumes from the committed offsets.
+                self.shutdown().await;
+                anyhow::bail!(
+                    "a partition pipeline failed ({e}); the registry stops so that the \
+                     partition resumes from its committed offset on restart"
+                );
             }
         }
         self.shutdown().await;
         Ok(())
+    }
+
+    /// The first pipeline that ended by panicking, if any (a pipeline
+    /// otherwise ends only when revoked or at shutdown).
+    fn failed_worker(&mut self) -> Option<tokio::task::JoinError> {
+        while let Some(done) = self.workers.try_join_next() {
+            if let Err(e) = done {
+                log::error!("a partition pipeline failed: {e}");
+                return Some(e);
+            }
+        }
+        None
     }
 
     fn dispatch(&mut self, m: OwnedMessage) {

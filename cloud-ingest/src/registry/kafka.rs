@@ -3,11 +3,14 @@
 //!
 //! `[kafka.properties]` is applied after the defaults (an operator may
 //! override them) and before the settings the registry's guarantees rest
-//! on, which cannot be overridden: consumer `enable.auto.commit=false`,
+//! on, which cannot be overridden (librdkafka aliases such as
+//! `request.required.acks` are renamed first, [`crate::kafka_alias`]):
+//! consumer `enable.auto.commit=false`,
 //! `enable.auto.offset.store=false`; producer `acks=all`,
 //! `enable.idempotence=true`.
 
 use crate::config::KafkaSettings;
+use crate::kafka_alias::canonical;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -85,7 +88,10 @@ fn build(
         c.set(*k, *v);
     }
     for (k, v) in &kafka.properties {
-        if !skip.contains(&k.as_str()) {
+        // Renamed first: an alias would otherwise race its name (and
+        // could undo a fixed setting) in the unordered `ClientConfig`.
+        let k = canonical(k);
+        if !skip.contains(&k) {
             c.set(k, v);
         }
     }
@@ -188,6 +194,23 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("enable.auto.commit"), None);
+    }
+
+    #[test]
+    fn an_alias_cannot_undo_a_guarantee_or_race_its_name() {
+        let s = parse(
+            "[kafka.properties]\n\"request.required.acks\" = \"1\"\n\"delivery.timeout.ms\" = \"9000\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let p = producer_config(&s.kafka);
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("request.required.acks"), None);
+        assert_eq!(p.get("message.timeout.ms"), Some("9000"));
+        assert_eq!(p.get("delivery.timeout.ms"), None);
+        let c = consumer_config(&s.kafka);
+        assert_eq!(c.get("request.required.acks"), None);
+        assert_eq!(c.get("delivery.timeout.ms"), None);
     }
 
     #[test]

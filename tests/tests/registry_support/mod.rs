@@ -160,21 +160,50 @@ impl Cloud {
     }
 
     fn metrics_text(&self) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
+        metrics_text(self.metrics_port)
     }
 
     /// GET /metrics of the registry and the value of `name` (unlabelled).
     pub fn metric(&self, name: &str) -> Option<i64> {
-        let body = self.metrics_text()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
+        metric_at(self.metrics_port, name)
     }
+
+    /// A copy of the registry config that serves `/metrics` on another
+    /// free port, for a second registry in the same consumer group.
+    pub fn second_config(&self, name: &str) -> Result<(PathBuf, u16)> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let text = std::fs::read_to_string(&self.config)?.replace(
+            &format!("registry_listen = \"127.0.0.1:{}\"", self.metrics_port),
+            &format!("registry_listen = \"127.0.0.1:{port}\""),
+        );
+        ensure!(
+            text.contains(&port.to_string()),
+            "no registry_listen in the config"
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        Ok((path, port))
+    }
+}
+
+fn metrics_text(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// GET /metrics on `port` and the value of `name` (unlabelled).
+pub fn metric_at(port: u16, name: &str) -> Option<i64> {
+    let body = metrics_text(port)?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The registry's four topics (events with `partitions` partitions), e.g.
