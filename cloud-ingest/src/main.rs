@@ -1,6 +1,8 @@
 //! `rae-cloud-ingest`: one binary, one subcommand per role. Exit codes:
 //! 0 ok, 1 runtime failure (the whole cause chain is printed), 64 bad
-//! config or usage.
+//! config or usage, 65 a database schema this binary does not match
+//! (`registry`, `devices`: run `migrate`, or upgrade). systemd restarts
+//! neither 64 nor 65: a restart cannot fix them.
 
 use clap::{Parser, Subcommand};
 use rae_cloud_ingest::{bridge, cli, config, db, logging, registry};
@@ -31,13 +33,30 @@ enum Command {
     CheckConfig,
 }
 
+/// Usage errors (clap) and bad configs.
+const EXIT_USAGE: u8 = 64;
+/// The database schema is older or newer than this binary's.
+const EXIT_SCHEMA: u8 = 65;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help / --version print to stdout and succeed; anything
+            // else is a usage error.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let settings = match config::load(&cli.config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("rae-cloud-ingest: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     if let Command::CheckConfig = cli.command {
@@ -68,7 +87,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rae-cloud-ingest: {e:#}");
-            ExitCode::from(1)
+            let schema = matches!(
+                e.downcast_ref::<db::DbError>(),
+                Some(db::DbError::SchemaTooOld { .. } | db::DbError::SchemaTooNew { .. })
+            );
+            ExitCode::from(if schema { EXIT_SCHEMA } else { 1 })
         }
     }
 }

@@ -156,3 +156,22 @@ fn devices_show_prints_one_device_and_fails_for_an_unknown_one() {
     assert!(!ok);
     assert!(err.contains("no device \"nope\""), "{err}");
 }
+
+#[test]
+fn a_usage_error_exits_64_and_help_exits_0() {
+    for (args, want) in [
+        (&["--bogus"][..], 64),
+        (&["devices", "--attr", "no-equals-sign"][..], 64),
+        (&["no-such-command"][..], 64),
+        (&["--help"][..], 0),
+        (&["--version"][..], 0),
+    ] {
+        let out = Command::new(binary()).args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(want),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

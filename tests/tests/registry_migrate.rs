@@ -127,3 +127,70 @@ fn a_migration_the_database_refuses_fails_with_the_servers_own_reason() {
     assert!(err.contains("ERROR: column"), "{err}");
     assert_eq!(err.matches("db error").count(), 1, "said once: {err}");
 }
+
+/// Runs `rae-cloud-ingest --config <config> <args>`, killed after 30 s:
+/// (exit code, stderr).
+fn run_bounded(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let dir = config.parent().unwrap();
+    let err_path = dir.join(format!("{}.stderr", args.join("-")));
+    let mut child = Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`{}` still running after 30 s: {}",
+                args.join(" "),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    (
+        status.code(),
+        std::fs::read_to_string(&err_path).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn registry_and_devices_refuse_an_unmigrated_database_with_exit_65_naming_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(&dir.path().join("pg")).unwrap();
+    let config = dir.path().join("c.toml");
+    // Nothing listens on the Kafka address: the refusal comes first.
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n[kafka]\nbrokers = \"127.0.0.1:9\"\n\
+             [metrics]\nbridge_listen = \"\"\nregistry_listen = \"\"\n",
+            pg.url()
+        ),
+    )
+    .unwrap();
+    for args in [&["registry"][..], &["devices"][..]] {
+        let (code, err) = run_bounded(&config, args);
+        assert_eq!(code, Some(65), "{args:?}: {err}");
+        assert!(
+            err.contains("not migrated (version 0, need 3); run `rae-cloud-ingest migrate`"),
+            "{args:?}: {err}"
+        );
+    }
+    // One version behind (an upgrade whose `migrate` has not run yet).
+    assert!(migrate(&config).status.success());
+    pg.query("DELETE FROM rae_schema_migrations WHERE version = 3")
+        .unwrap();
+    let (code, err) = run_bounded(&config, &["registry"]);
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains("(version 2, need 3)"), "{err}");
+}

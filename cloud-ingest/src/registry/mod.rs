@@ -130,8 +130,40 @@ impl RegistryMetrics {
     }
 }
 
+/// How long the start waits for the database to answer the schema check.
+const SCHEMA_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refuses to start on a schema this binary does not match
+/// ([`crate::db::DbError::SchemaTooOld`] / `SchemaTooNew`; `main` exits 65).
+/// A database that cannot be reached now, or does not answer within
+/// [`SCHEMA_CHECK_TIMEOUT`], is no reason to refuse: the pipelines retry it
+/// like any outage (and check the schema again when they connect).
+async fn check_schema(url: &str) -> Result<(), crate::db::DbError> {
+    let check = async {
+        let client = crate::db::connect(url).await?;
+        crate::db::migrate::check_version(&client).await
+    };
+    match tokio::time::timeout(SCHEMA_CHECK_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(
+            e @ (crate::db::DbError::SchemaTooOld { .. } | crate::db::DbError::SchemaTooNew { .. }),
+        )) => Err(e),
+        Ok(Err(e)) => {
+            log::warn!("the database is not usable at start ({e}); the pipelines retry it");
+            Ok(())
+        }
+        Err(_) => {
+            log::warn!(
+                "the database did not answer within {SCHEMA_CHECK_TIMEOUT:?} at start; the pipelines retry it"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Runs the registry until SIGTERM/SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    check_schema(&settings.database.url).await?;
     let metrics = Metrics::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     if let Some(addr) = settings.metrics.registry_listen {
