@@ -255,6 +255,12 @@ fn a_ten_second_database_outage_mid_stream_loses_nothing() {
         pg_ctl.metric("rae_registry_db_errors_total").unwrap_or(0) > 0
     })
     .unwrap();
+    // Both partitions hold records of the second part (the keys are
+    // fixed: dev0..dev5), so both pipelines retry.
+    wait("both pipelines count as retrying", CONVERGE, || {
+        pg_ctl.metric("rae_registry_retrying") == Some(2)
+    })
+    .unwrap();
     pg_ctl.pg.start_again().unwrap();
     for s in &sessions {
         wait("everything applied after the outage", CONVERGE, || {
@@ -269,6 +275,7 @@ fn a_ten_second_database_outage_mid_stream_loses_nothing() {
         pg_ctl.count("SELECT count(*) FROM device_sessions WHERE stale"),
         0
     );
+    assert_eq!(pg_ctl.metric("rae_registry_retrying"), Some(0));
 }
 
 #[test]

@@ -110,7 +110,7 @@ impl RegistryMetrics {
             ),
             paused: m.gauge(
                 "rae_registry_retrying",
-                "1 while some batch is being retried (database down).",
+                "Partition pipelines retrying a batch (database down or failing).",
             ),
             paused_partitions: m.gauge(
                 "rae_registry_paused_partitions",

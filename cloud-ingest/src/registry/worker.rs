@@ -85,6 +85,22 @@ pub struct Worker {
     pub history: HistoryInsert,
 }
 
+/// One pipeline counted in the `rae_registry_retrying` gauge while alive.
+struct RetryingGuard(crate::metrics::Value);
+
+impl RetryingGuard {
+    fn new(gauge: &crate::metrics::Value) -> RetryingGuard {
+        gauge.inc();
+        RetryingGuard(gauge.clone())
+    }
+}
+
+impl Drop for RetryingGuard {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
+}
+
 /// A connection with the registry's statements prepared on it.
 #[derive(Debug)]
 pub struct Db {
@@ -196,9 +212,12 @@ impl Worker {
     /// `items` were applied, the rest wait for the next batch; `defer` as
     /// in `plan::plan_with_deferral`) or the partition is revoked (`None`).
     async fn apply_with_retry(&mut self, items: &[Item], defer: Option<usize>) -> Option<usize> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0u32;
+        // Counts this pipeline in `rae_registry_retrying` from its first
+        // failed attempt until the batch commits or is left (dropped).
+        let mut retrying: Option<RetryingGuard> = None;
         loop {
             if self.stop_state() == Stop::Revoked {
                 log::info!(
@@ -263,7 +282,7 @@ impl Worker {
                         items.len(),
                         backoff
                     );
-                    self.shared.metrics.paused.set(1);
+                    retrying.get_or_insert_with(|| RetryingGuard::new(&self.shared.metrics.paused));
                     let mut stop = self.stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -314,7 +333,6 @@ impl Worker {
 
     fn after_commit(&self, items: &[Item], plan: &Plan, took: Duration) {
         let m = &self.shared.metrics;
-        m.paused.set(0);
         m.batches.inc();
         m.batch_records.add(items.len() as i64);
         m.last_batch_size.set(items.len() as i64);
