@@ -22,6 +22,8 @@
 //! * [`Mosquitto::kill`] is SIGKILL (no goodbye to any client, sessions and
 //!   retained messages lost: `persistence false`), [`Mosquitto::stop`] is
 //!   SIGTERM, [`Mosquitto::restart`] starts it again on the same port.
+//!   [`Mosquitto::freeze`] is SIGSTOP: connections stay open but nothing is
+//!   read or acknowledged any more (`kill` still ends a frozen broker).
 //! * The log ([`Mosquitto::log_text`]) has one line per packet, e.g.
 //!   `Received PUBLISH from <client> (d0, q1, r1, m2, '<topic>', ... (N bytes))`,
 //!   `Client <id> disconnected.` (clean DISCONNECT) or
@@ -264,6 +266,13 @@ impl Mosquitto {
             "mosquitto survived SIGKILL for 5 s"
         );
         Ok(())
+    }
+
+    /// SIGSTOP: the broker stops reading and acknowledging at once; its
+    /// clients' connections stay open (what they send waits in the socket
+    /// buffers). Only [`Mosquitto::kill`] ends a frozen broker.
+    pub fn freeze(&mut self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
     }
 
     /// SIGTERM (SIGKILL if it has not exited within 5 s).

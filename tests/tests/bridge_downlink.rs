@@ -6,7 +6,7 @@ mod bridge_support;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use bridge_support::*;
 use rae_tests::mqtt_sub::Subscriber;
 
@@ -68,5 +68,60 @@ fn garbage_config_exits_64_naming_the_problem() -> Result<()> {
         );
         ensure!(stderr.contains(needle), "{text:?}: {stderr}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_command_in_flight_when_the_mqtt_broker_restarts_is_published_again() -> Result<()> {
+    const TOPIC: &str = "rae/v1/box-9/commands/resync";
+    let mut lab = Lab::start()?;
+    let agent = Subscriber::connect(lab.mosquitto.port(), "agent-sub")?;
+    let bridge = Bridge::start(&lab.config("bridge-r", 100, "")?)?;
+    lab.wait_subscribed("bridge-r", 1)?;
+    let produce = |payload: &[u8]| {
+        lab.tansu
+            .produce(COMMANDS, b"box-9", payload, &[("command", b"resync")])
+    };
+    let arrives = |payload: &[u8], what: &str| {
+        agent
+            .wait_for(what, Duration::from_secs(30), |m| {
+                Ok(m.iter()
+                    .any(|m| m.topic == TOPIC && m.payload == payload)
+                    .then_some(()))
+            })
+            .map_err(|e| e.context(bridge.log_tail()))
+    };
+    // The downlink runs: a first command goes through.
+    produce(b"before")?;
+    arrives(b"before", "the first command")?;
+
+    // A frozen broker never acknowledges the next command's PUBLISH.
+    lab.mosquitto.freeze()?;
+    produce(b"in flight")?;
+    let publishing = format!("downlink: publishing {TOPIC} ");
+    wait("the bridge publishing it", Duration::from_secs(30), || {
+        Ok(bridge.log_text().matches(&publishing).count() >= 2)
+    })
+    .with_context(|| bridge.log_tail())?;
+    // Let rumqttc write it to the socket (the frozen broker never reads it).
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The broker restarts without the sessions (`persistence false`): the
+    // bridge's new connection has no pending PUBLISH to resend.
+    let subacks = agent.subacks();
+    lab.mosquitto.kill()?;
+    lab.mosquitto.restart()?;
+    agent.wait_resubscribed(subacks, Duration::from_secs(10))?;
+    arrives(b"in flight", "the command in flight at the restart")?;
+    ensure!(
+        bridge.log_text().contains("again after the reconnect"),
+        "{}",
+        bridge.log_tail()
+    );
+
+    // And the downlink is not stuck: the next command follows.
+    produce(b"after")?;
+    arrives(b"after", "a command produced after the restart")?;
+    bridge.wait_metric("rae_bridge_commands_out_total", 3, Duration::from_secs(10))?;
     Ok(())
 }

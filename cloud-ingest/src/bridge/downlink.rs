@@ -11,9 +11,14 @@
 //! Invariants: one command at a time; its offset is stored only after its
 //! PUBACK (auto-commit then commits stored offsets; shutdown commits
 //! synchronously), so a crash redelivers it (agents treat commands as
-//! at-least-once). A record that names no valid target is logged, counted
-//! and skipped (its offset stored): it could never be delivered, and must
-//! not stall the partition.
+//! at-least-once). The current command is never skipped: its MQTT topic and
+//! payload are kept until its PUBACK, and it is published again at each
+//! CONNACK that finds it lost, i.e. when the broker kept no session (always
+//! with this clean-session connection; rumqttc then drops its unacknowledged
+//! publishes) and the connection dropped since it was handed to rumqttc, or
+//! when rumqttc refused it (also retried after [`RETRY_DELAY`]). A record
+//! that names no valid target is logged, counted and skipped (its offset
+//! stored): it could never be delivered, and must not stall the partition.
 
 use super::mqtt::reconnect_delay;
 use super::BridgeMetrics;
@@ -29,6 +34,8 @@ use tokio::time::Instant;
 pub const HEADER_COMMAND: &str = "command";
 /// How long shutdown waits for the PUBACK of the command being published.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// How long to wait before handing a command rumqttc refused to it again.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Why a command record cannot be published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,10 +62,18 @@ pub fn command_target(key: Option<&[u8]>, name: Option<&[u8]>) -> Result<String,
 /// The command being published.
 #[derive(Debug)]
 struct Current {
+    /// Its Kafka record.
     topic: String,
     partition: i32,
     offset: i64,
-    /// Packet ids rumqttc used for it (a reconnect resends it).
+    /// Its MQTT topic and payload, kept to publish it again.
+    target: String,
+    payload: Vec<u8>,
+    /// The connection-loss count ([`Downlink::run`]'s `losses`) when it was
+    /// last handed to rumqttc; None while rumqttc refused it.
+    queued_at: Option<u64>,
+    /// Packet ids rumqttc sent it with: all kept, since a PUBACK for any of
+    /// them is for this command (the only publish on this connection).
     pkids: Vec<u16>,
 }
 
@@ -81,8 +96,15 @@ impl Downlink {
             .map_err(|e| anyhow::anyhow!("subscribing to {}: {e}", self.commands_topic))?;
         let mut current: Option<Current> = None;
         let mut paused_until: Option<Instant> = None;
+        let mut retry_at: Option<Instant> = None;
         let mut failures = 0u32;
         let mut stop_at: Option<Instant> = None;
+        // Whether the last poll outcome was a CONNACK rather than an error.
+        let mut connected = false;
+        // Connections lost after their CONNACK: at each, rumqttc moves its
+        // unacknowledged publishes and queued requests to a pending list
+        // that it drops at the next CONNACK without `session_present`.
+        let mut losses = 0u64;
         loop {
             if stop_at.is_some() && current.is_none() {
                 break;
@@ -97,13 +119,30 @@ impl Downlink {
                     break;
                 }
                 _ = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
+                _ = sleep_until(retry_at), if retry_at.is_some() => {
+                    retry_at = None;
+                    if let Some(c) = current.as_mut().filter(|c| c.queued_at.is_none()) {
+                        retry_at = self.publish(c, losses);
+                    }
+                }
                 event = self.eventloop.poll(), if paused_until.is_none() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         failures = 0;
+                        connected = true;
                         log::info!("downlink: connected to MQTT");
+                        if let Some(c) = current.as_mut() {
+                            if lost_at_connack(c.queued_at, ack.session_present, losses) {
+                                log::info!(
+                                    "downlink: publishing the command for {} ({}/{}@{}) again \
+                                     after the reconnect",
+                                    c.target, c.topic, c.partition, c.offset
+                                );
+                                retry_at = self.publish(c, losses);
+                            }
+                        }
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(c) = current.as_mut() {
+                        if let Some(c) = current.as_mut().filter(|c| !c.pkids.contains(&pkid)) {
                             c.pkids.push(pkid);
                         }
                     }
@@ -117,6 +156,10 @@ impl Downlink {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        if connected {
+                            connected = false;
+                            losses += 1;
+                        }
                         let delay = reconnect_delay(failures, self.reconnect_max);
                         failures = failures.saturating_add(1);
                         log::warn!("downlink: MQTT connection lost: {e}; retrying in {delay:?}");
@@ -125,7 +168,12 @@ impl Downlink {
                 },
                 message = self.consumer.recv(), if current.is_none() && stop_at.is_none() => {
                     match message {
-                        Ok(m) => current = self.on_record(&m),
+                        Ok(m) => {
+                            if let Some(mut c) = self.on_record(&m) {
+                                retry_at = self.publish(&mut c, losses);
+                                current = Some(c);
+                            }
+                        }
                         Err(e) => {
                             log::warn!("downlink: Kafka consumer error: {e}");
                             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -161,22 +209,45 @@ impl Downlink {
             }
         };
         let payload = m.payload().unwrap_or_default().to_vec();
-        if let Err(e) = self
-            .client
-            .try_publish(&target, QoS::AtLeastOnce, false, payload)
-        {
-            // Only if rumqttc's request queue is gone: retried from Kafka
-            // after a restart (offset not stored).
-            log::error!("downlink: cannot queue the command for {target}: {e}");
-            return None;
-        }
-        log::debug!("downlink: publishing {target} ({topic}/{partition}@{offset})");
         Some(Current {
             topic,
             partition,
             offset,
+            target,
+            payload,
+            queued_at: None,
             pkids: Vec::new(),
         })
+    }
+
+    /// Hands `c` to rumqttc (`losses`: see [`Downlink::run`]). If rumqttc
+    /// refuses it (its request queue is full), it stays current and
+    /// unqueued, and the returned instant is when to try again.
+    fn publish(&self, c: &mut Current, losses: u64) -> Option<Instant> {
+        match self
+            .client
+            .try_publish(&c.target, QoS::AtLeastOnce, false, c.payload.clone())
+        {
+            Ok(()) => {
+                log::debug!(
+                    "downlink: publishing {} ({}/{}@{})",
+                    c.target,
+                    c.topic,
+                    c.partition,
+                    c.offset
+                );
+                c.queued_at = Some(losses);
+                None
+            }
+            Err(e) => {
+                log::error!(
+                    "downlink: cannot queue the command for {}: {e}; retrying in {RETRY_DELAY:?}",
+                    c.target
+                );
+                c.queued_at = None;
+                Some(Instant::now() + RETRY_DELAY)
+            }
+        }
     }
 
     fn store(&self, topic: &str, partition: i32, offset: i64) {
@@ -187,6 +258,15 @@ impl Downlink {
             );
         }
     }
+}
+
+/// Whether the current command must be handed to rumqttc again at a
+/// CONNACK (pure): rumqttc refused it (`queued_at` None), or the broker kept
+/// no session and a connection was lost since it was queued (rumqttc then
+/// moved it to its pending list, dropped at this CONNACK). A command queued
+/// since the last loss is still in rumqttc's request queue and goes out now.
+fn lost_at_connack(queued_at: Option<u64>, session_present: bool, losses: u64) -> bool {
+    queued_at.is_none_or(|at| !session_present && at < losses)
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -206,6 +286,19 @@ mod tests {
             command_target(Some(b"box-1"), Some(b"resync")).unwrap(),
             "rae/v1/box-1/commands/resync"
         );
+    }
+
+    #[test]
+    fn a_command_is_published_again_only_when_the_reconnect_lost_it() {
+        // Refused by rumqttc: always retried.
+        assert!(lost_at_connack(None, true, 0));
+        assert!(lost_at_connack(None, false, 0));
+        // Queued before a lost connection, new session: dropped by rumqttc.
+        assert!(lost_at_connack(Some(0), false, 1));
+        // Session kept: rumqttc resends it itself.
+        assert!(!lost_at_connack(Some(0), true, 1));
+        // Queued while disconnected: still in the request queue.
+        assert!(!lost_at_connack(Some(1), false, 1));
     }
 
     #[test]
