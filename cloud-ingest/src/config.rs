@@ -249,8 +249,31 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         source,
     })?;
     let settings = parse(&text, path)?;
+    check_kafka_properties(&settings)?;
     check_files(&settings)?;
     Ok(settings)
+}
+
+/// Hands each `[kafka.properties]` entry to librdkafka's own config
+/// parser (no client is created, nothing touches the network), so an
+/// unknown property or a bad value is a config error (exit 64) rather than
+/// a client that fails to start (exit 1, restarted by systemd forever).
+pub fn check_kafka_properties(s: &Settings) -> Result<(), ConfigError> {
+    for (key, value) in &s.kafka.properties {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set(key, value);
+        if let Err(e) = c.create_native_config() {
+            let reason = match e {
+                rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc,
+                other => other.to_string(),
+            };
+            return Err(invalid(
+                &format!("kafka.properties.{key:?}"),
+                format!("is refused by librdkafka: {reason}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The librdkafka properties that name files.
@@ -699,5 +722,28 @@ mod tests {
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cloud-ingest.toml");
         load(&path).unwrap();
+    }
+
+    #[test]
+    fn kafka_properties_librdkafka_refuses_are_config_errors() {
+        for (toml, problem) in [
+            (
+                "\"fetch.wait.max.mss\" = \"10\"",
+                "`kafka.properties.\"fetch.wait.max.mss\"` is refused by librdkafka: No such configuration property",
+            ),
+            (
+                "\"fetch.wait.max.ms\" = \"ten\"",
+                "`kafka.properties.\"fetch.wait.max.ms\"` is refused by librdkafka: Invalid value",
+            ),
+        ] {
+            let s = parse_str(&format!("[kafka.properties]\n{toml}\n")).unwrap();
+            let e = check_kafka_properties(&s).unwrap_err().to_string();
+            assert!(e.contains(problem), "{e}");
+        }
+        let ok = parse_str(
+            "[kafka.properties]\n\"client.id\" = \"x\"\n\"request.required.acks\" = \"1\"\n",
+        )
+        .unwrap();
+        check_kafka_properties(&ok).unwrap();
     }
 }
