@@ -11,9 +11,11 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
 
 /// A counter or gauge value.
 #[derive(Debug, Clone, Default)]
@@ -126,32 +128,69 @@ impl Metrics {
     }
 }
 
+/// How long one `/metrics` exchange may take (read the request, write the
+/// answer): a client that connects and sends nothing is dropped after it.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
+
 /// Serves `/metrics` on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: watch::Receiver<bool>) {
+    serve_with(listener, metrics, shutdown, EXCHANGE_TIMEOUT).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+    exchange_timeout: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
     loop {
-        tokio::select! {
+        // Finished exchanges are reaped; at most MAX_CONNECTIONS run.
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
             _ = shutdown.changed() => return,
-            accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let n = stream.read(&mut buf).await.unwrap_or(0);
-                    let request = String::from_utf8_lossy(&buf[..n]);
-                    let response = if request.starts_with("GET /metrics") {
-                        let body = metrics.render();
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                    } else {
-                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                            .to_string()
-                    };
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let mut stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // E.g. out of file descriptors: retrying at once would spin.
+                log::warn!("/metrics: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let metrics = metrics.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let exchange = async {
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let response = if request.starts_with("GET /metrics") {
+                    let body = metrics.render();
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_string()
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            };
+            let _ = tokio::time::timeout(exchange_timeout, exchange).await;
+        });
     }
 }
 
@@ -209,5 +248,39 @@ mod tests {
         s.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("g 42"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_dropped_and_does_not_block_scrapes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let m = Metrics::new();
+        m.counter("rae_up_total", "Up.").inc();
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve_with(listener, m, stop_rx, Duration::from_millis(300)));
+        // More silent clients than the server serves at once.
+        let mut silent = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 4 {
+            silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Their exchanges time out, which frees the slots for a scrape.
+        let mut scrape = tokio::net::TcpStream::connect(addr).await.unwrap();
+        scrape
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        tokio::time::timeout(Duration::from_secs(10), scrape.read_to_string(&mut body))
+            .await
+            .expect("the scrape is answered once the silent clients are dropped")
+            .unwrap();
+        assert!(body.contains("rae_up_total 1"), "{body}");
+        // A silent client's connection was closed by the server.
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), silent[0].read(&mut buf))
+            .await
+            .expect("closed by the server")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
     }
 }
