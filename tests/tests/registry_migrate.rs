@@ -194,3 +194,31 @@ fn registry_and_devices_refuse_an_unmigrated_database_with_exit_65_naming_migrat
     assert_eq!(code, Some(65), "{err}");
     assert!(err.contains("(version 2, need 3)"), "{err}");
 }
+
+#[test]
+fn a_version_column_of_another_type_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(dir.path()).unwrap();
+    // The right table with a 4-byte version (a hand-made or foreign
+    // schema): reading it as the 8-byte integer it should be must fail
+    // with a message, not abort the process.
+    pg.query(
+        "CREATE TABLE rae_schema_migrations (version integer PRIMARY KEY, name text, applied_at timestamptz)",
+    )
+    .unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", pg.url())).unwrap();
+    for args in [&["migrate"][..], &["devices"][..]] {
+        let out = Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("read the schema version"), "{args:?}: {err}");
+        assert!(err.contains("int4"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

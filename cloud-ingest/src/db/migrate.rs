@@ -67,7 +67,7 @@ pub async fn current_version(client: &Client) -> Result<i64, DbError> {
         )
         .await
         .map_err(sql("read the schema version"))?;
-    Ok(row.get(0))
+    super::col(&row, 0, "read the schema version")
 }
 
 /// Fails unless the schema is exactly at [`latest_version`].

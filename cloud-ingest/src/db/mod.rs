@@ -63,6 +63,18 @@ pub(crate) fn sql(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> D
     move |error| DbError::Sql { step, error }
 }
 
+/// Column `idx` of `row` (`Row::try_get`): a column of another type or an
+/// unexpected NULL (a schema changed by hand, an engine that sizes a type
+/// differently) is a [`DbError`] naming `step`, never a panic (which
+/// `Row::get` would be).
+pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    idx: usize,
+    step: &'static str,
+) -> Result<T, DbError> {
+    row.try_get(idx).map_err(sql(step))
+}
+
 impl DbError {
     /// The driver error, if any.
     pub fn source_pg(&self) -> Option<&tokio_postgres::Error> {

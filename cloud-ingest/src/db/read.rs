@@ -5,7 +5,7 @@
 //! `devices.current_session_id` (the newest one seen); attribute filters
 //! compare the stored text rendering exactly.
 
-use super::{sql, DbError};
+use super::{col, sql, DbError};
 use serde::Serialize;
 use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
@@ -96,20 +96,23 @@ pub async fn devices(client: &Client, filter: &Filter) -> Result<Vec<DeviceView>
         .query(&query, &params)
         .await
         .map_err(sql("list devices"))?;
+    const STEP: &str = "read the listed devices";
     let mut out: Vec<DeviceView> = rows
         .iter()
-        .map(|r| DeviceView {
-            rae_id: r.get(0),
-            device_id: r.get(1),
-            session_id: r.get(2),
-            last_seq: r.get(3),
-            stale: r.get(4),
-            started_ms: r.get(5),
-            ended_ms: r.get(6),
-            end_reason: r.get(7),
-            attributes: Vec::new(),
+        .map(|r| {
+            Ok(DeviceView {
+                rae_id: col(r, 0, STEP)?,
+                device_id: col(r, 1, STEP)?,
+                session_id: col(r, 2, STEP)?,
+                last_seq: col(r, 3, STEP)?,
+                stale: col(r, 4, STEP)?,
+                started_ms: col(r, 5, STEP)?,
+                ended_ms: col(r, 6, STEP)?,
+                end_reason: col(r, 7, STEP)?,
+                attributes: Vec::new(),
+            })
         })
-        .collect();
+        .collect::<Result<_, DbError>>()?;
     let ids: Vec<Uuid> = out.iter().map(|d| d.session_id).collect();
     let mut attrs = attributes(client, &ids).await?;
     for d in &mut out {
@@ -135,12 +138,13 @@ pub async fn attributes(
         )
         .await
         .map_err(sql("read device attributes"))?;
+    const STEP: &str = "read device attributes";
     for r in rows {
-        out.entry(r.get(0)).or_default().push(Attribute {
-            name: r.get(1),
-            value_type: r.get(2),
-            value: r.get(3),
-            updated_seq: r.get(4),
+        out.entry(col(&r, 0, STEP)?).or_default().push(Attribute {
+            name: col(&r, 1, STEP)?,
+            value_type: col(&r, 2, STEP)?,
+            value: col(&r, 3, STEP)?,
+            updated_seq: col(&r, 4, STEP)?,
         });
     }
     Ok(out)

@@ -14,7 +14,7 @@
 //! back (`WHERE last_seq <= excluded.last_seq`); every statement is
 //! prepared once per connection ([`Statements`]), not parsed per batch.
 
-use super::{sql, DbError};
+use super::{col, sql, DbError};
 use crate::registry::plan::{
     plan_with_deferral, sessions_needed, Item, Plan, Policy, SessionState,
 };
@@ -257,21 +257,22 @@ pub async fn load_sessions(
         .await
         .map_err(sql("load device sessions"))?;
     let mut out = HashMap::with_capacity(rows.len());
+    const STEP: &str = "read the loaded device sessions";
     for r in rows {
-        let expected: Option<i64> = r.get(5);
-        let got: Option<i64> = r.get(6);
+        let expected: Option<i64> = col(&r, 5, STEP)?;
+        let got: Option<i64> = col(&r, 6, STEP)?;
         out.insert(
-            r.get::<_, Uuid>(0),
+            col::<Uuid>(&r, 0, STEP)?,
             SessionState {
-                rae_id: r.get(1),
-                device_id: r.get(2),
-                last_seq: to_u64(r.get(3)),
-                stale: r.get(4),
+                rae_id: col(&r, 1, STEP)?,
+                device_id: col(&r, 2, STEP)?,
+                last_seq: to_u64(col(&r, 3, STEP)?),
+                stale: col(&r, 4, STEP)?,
                 stale_gap: expected.zip(got).map(|(e, g)| (to_u64(e), to_u64(g))),
-                last_resync_ms: r.get::<_, Option<i64>>(7).map(to_u64),
-                started_ms: r.get::<_, Option<i64>>(8).map(to_u64),
-                ended_ms: r.get::<_, Option<i64>>(9).map(to_u64),
-                end_reason: r.get(10),
+                last_resync_ms: col::<Option<i64>>(&r, 7, STEP)?.map(to_u64),
+                started_ms: col::<Option<i64>>(&r, 8, STEP)?.map(to_u64),
+                ended_ms: col::<Option<i64>>(&r, 9, STEP)?.map(to_u64),
+                end_reason: col(&r, 10, STEP)?,
             },
         );
     }
