@@ -135,6 +135,12 @@ pub struct RawDatabase {
     pub url: Option<String>,
     /// Database retries back off from 0.1 s up to this. Default: 30.
     pub retry_max_backoff_secs: Option<u64>,
+    /// Bounds a connection attempt (TCP, TLS, login) and a registry batch's
+    /// transaction (from `BEGIN` to `COMMIT`); past it the connection is
+    /// dropped and the batch retried on a new one, so a database that stops
+    /// answering (a network partition) holds a partition up for this long,
+    /// not for the kernel's TCP retransmission time (~15 min). Default: 60.
+    pub timeout_secs: Option<u64>,
 }
 
 /// `[registry]`: batching and resync policy of the Cloud Registry.
@@ -225,6 +231,7 @@ pub struct DatabaseSettings {
     /// The TLS part of `url`.
     pub tls: crate::db::tls::DbTls,
     pub retry_max_backoff_secs: u64,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +536,11 @@ fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> 
         retry_max_backoff_secs: in_range(
             "database.retry_max_backoff_secs",
             raw.retry_max_backoff_secs.unwrap_or(30),
+            1..=3600,
+        )?,
+        timeout_secs: in_range(
+            "database.timeout_secs",
+            raw.timeout_secs.unwrap_or(60),
             1..=3600,
         )?,
     })

@@ -9,11 +9,14 @@
 //!   hand-written device fixtures under `tests/fixtures/udev/`.
 //! * [`agent`] — run `rae-agent` (in-process or the real binary as a child
 //!   process) and read back its journal.
+//! * [`partition`] — a TCP proxy that cuts open connections like a network
+//!   partition (in front of the real PostgreSQL).
 
 pub mod agent;
 pub mod fake_adb;
 pub mod mosquitto;
 pub mod mqtt_sub;
+pub mod partition;
 pub mod postgres;
 pub mod tansu;
 pub mod tls_certs;

@@ -46,7 +46,7 @@ fn parse_attr(s: &str) -> Result<(String, String), String> {
 
 /// `rae-cloud-ingest devices`.
 pub async fn devices(settings: Settings, args: DevicesArgs) -> anyhow::Result<()> {
-    let client = db::connect(&settings.database.url)
+    let client = db::connect(&settings.database.url, settings.database.timeout_secs)
         .await
         .with_context(|| format!("database {}", db::redact(&settings.database.url)))?;
     db::migrate::check_version(&client).await?;

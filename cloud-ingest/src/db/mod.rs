@@ -40,6 +40,8 @@ pub enum DbError {
         step: &'static str,
         error: tokio_postgres::Error,
     },
+    #[error("{step}: no answer from the database within {secs} s (database.timeout_secs)")]
+    Timeout { step: &'static str, secs: u64 },
     #[error("the database schema is at version {found}, newer than this binary knows ({known}); upgrade rae-cloud-ingest")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("the database schema is not migrated (version {found}, need {needed}); run `rae-cloud-ingest migrate`")]
@@ -120,8 +122,37 @@ pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
 /// Connects and spawns the connection task; the task ends when the client
 /// is dropped or the connection breaks (then queries fail with a closed
 /// error, which [`is_retryable`]). TLS as the URL's `sslmode` says
-/// ([`tls`]); with TLS there is no fallback to plain TCP.
-pub async fn connect(url: &str) -> Result<Client, DbError> {
+/// ([`tls`]); with TLS there is no fallback to plain TCP. Given up after
+/// `timeout_secs` (TCP, TLS and login together; `database.timeout_secs`).
+pub async fn connect(url: &str, timeout_secs: u64) -> Result<Client, DbError> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(timeout_secs),
+        connect_now(url),
+    )
+    .await
+    .map_err(|_| DbError::Timeout {
+        step: "connect to the database",
+        secs: timeout_secs,
+    })?
+}
+
+/// Makes the server abort this session's open transaction (and end the
+/// session) when the client stays silent inside it for `secs`: the row
+/// locks of a registry connection lost mid-batch (a network partition the
+/// server does not notice, since it is only waiting for the next command)
+/// are then released, and the batch's retry on a new connection is not
+/// blocked behind them. `idle_in_transaction_session_timeout` is a session
+/// setting on PostgreSQL and CockroachDB alike.
+pub async fn limit_idle_transactions(client: &Client, secs: u64) -> Result<(), DbError> {
+    client
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = '{secs}s'"
+        ))
+        .await
+        .map_err(sql("set idle_in_transaction_session_timeout"))
+}
+
+async fn connect_now(url: &str) -> Result<Client, DbError> {
     let target = tls::DbTarget::parse(url).map_err(DbError::Url)?;
     let mut config: tokio_postgres::Config = target.conn.parse().map_err(DbError::Connect)?;
     match tls::client_config(&target.tls).map_err(DbError::Tls)? {
@@ -153,7 +184,7 @@ where
 
 /// `rae-cloud-ingest migrate`.
 pub async fn migrate_command(settings: Settings) -> anyhow::Result<()> {
-    let client = connect(&settings.database.url)
+    let client = connect(&settings.database.url, settings.database.timeout_secs)
         .await
         .with_context(|| format!("database {}", redact(&settings.database.url)))?;
     let outcome = migrate::migrate(&client).await.context("migrate")?;

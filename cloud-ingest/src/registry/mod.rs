@@ -140,7 +140,7 @@ const SCHEMA_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// like any outage (and check the schema again when they connect).
 async fn check_schema(url: &str) -> Result<(), crate::db::DbError> {
     let check = async {
-        let client = crate::db::connect(url).await?;
+        let client = crate::db::connect(url, SCHEMA_CHECK_TIMEOUT.as_secs()).await?;
         crate::db::migrate::check_version(&client).await
     };
     match tokio::time::timeout(SCHEMA_CHECK_TIMEOUT, check).await {

@@ -58,6 +58,8 @@ pub struct Shared {
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
     pub retry_max_backoff: Duration,
+    /// `database.timeout_secs`: bounds a connection attempt and a batch.
+    pub db_timeout_secs: u64,
     pub metrics: RegistryMetrics,
 }
 
@@ -229,7 +231,7 @@ impl Worker {
                 return None;
             }
             attempt += 1;
-            match self.apply_once(items, defer).await {
+            match self.apply_bounded(items, defer).await {
                 Ok((plan, covered)) => {
                     self.after_commit(&items[..covered], &plan, started.elapsed());
                     self.history = HistoryInsert::Fast;
@@ -294,6 +296,27 @@ impl Worker {
         }
     }
 
+    /// [`Worker::apply_once`] given up after `database.timeout_secs`: the
+    /// connection is dropped (the server rolls the transaction back, or it
+    /// committed and the retry is a no-op by `(session_id, seq)`).
+    async fn apply_bounded(
+        &mut self,
+        items: &[Item],
+        defer: Option<usize>,
+    ) -> Result<(Plan, usize), BatchError> {
+        let secs = self.shared.db_timeout_secs;
+        match tokio::time::timeout(Duration::from_secs(secs), self.apply_once(items, defer)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.db = None;
+                Err(BatchError::Db(db::DbError::Timeout {
+                    step: "apply the batch",
+                    secs,
+                }))
+            }
+        }
+    }
+
     async fn apply_once(
         &mut self,
         items: &[Item],
@@ -302,7 +325,8 @@ impl Worker {
         let conn = match self.db.take() {
             Some(conn) => conn,
             None => {
-                let client = db::connect(&self.shared.db_url).await?;
+                let client = db::connect(&self.shared.db_url, self.shared.db_timeout_secs).await?;
+                db::limit_idle_transactions(&client, self.shared.db_timeout_secs).await?;
                 db::migrate::check_version(&client).await?;
                 let statements = write::Statements::prepare(&client).await?;
                 Db { client, statements }

@@ -65,12 +65,12 @@ pub fn run(
     let admin = admin_url.to_string();
     let dbname = dbname.to_string();
     rt.block_on(async move {
-        let admin = db::connect(&admin).await?;
+        let admin = db::connect(&admin, 60).await?;
         admin
             .batch_execute(&format!("CREATE DATABASE {dbname}"))
             .await
             .with_context(|| format!("create database {dbname}"))?;
-        let client = db::connect(&url).await?;
+        let client = db::connect(&url, 60).await?;
         migrate::migrate(&client).await?;
         drop(client);
         let started = Instant::now();
@@ -88,7 +88,7 @@ pub fn run(
             busy += s;
         }
         let secs = started.elapsed().as_secs_f64();
-        let client = db::connect(&url).await?;
+        let client = db::connect(&url, 60).await?;
         let rows: i64 = client
             .query_one("SELECT count(*) FROM device_events", &[])
             .await?
@@ -111,7 +111,7 @@ pub fn migrate(url: &str) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = db::connect(url).await?;
+        let client = db::connect(url, 60).await?;
         migrate::migrate(&client).await?;
         Ok(())
     })
@@ -124,7 +124,7 @@ async fn pipeline(
     stream: Vec<(String, Vec<u8>)>,
     batch: usize,
 ) -> Result<(usize, f64)> {
-    let mut client = db::connect(url).await?;
+    let mut client = db::connect(url, 60).await?;
     let st = write::Statements::prepare(&client).await?;
     let (mut batches, mut busy) = (0, 0.0);
     let mut offset = 0i64;
