@@ -37,6 +37,8 @@ enum Command {
 const EXIT_USAGE: u8 = 64;
 /// The database schema is older or newer than this binary's.
 const EXIT_SCHEMA: u8 = 65;
+/// How long the exit waits for blocking tasks still running.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -83,6 +85,9 @@ fn main() -> ExitCode {
             Command::CheckConfig => Ok(()),
         }
     });
+    // Blocking work still running (a Kafka call that does not answer) must
+    // not hold the exit; each role bounds its own shutdown before this.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

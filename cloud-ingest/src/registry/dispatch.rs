@@ -28,7 +28,8 @@
 //!   their batch): a new pipeline for its partition would start after the
 //!   lost batch and commit past it;
 //! - on shutdown, workers finish their batch and commit; then the stored
-//!   offsets are committed synchronously, bounded by [`SHUTDOWN_DEADLINE`].
+//!   offsets are committed synchronously; the workers are bounded by
+//!   [`SHUTDOWN_DEADLINE`], the commit by [`FINAL_COMMIT_DEADLINE`].
 
 use super::kafka::{consumer_config, producer_config};
 use super::plan::Policy;
@@ -56,6 +57,9 @@ const CHANNEL_RECORDS: usize = 2048;
 const STASH_MAX_BYTES: usize = 1 << 20;
 /// How often stashes are moved on into channels when no record arrives.
 const STASH_TICK: Duration = Duration::from_millis(20);
+/// How long shutdown waits for Kafka to confirm the final offset commit
+/// (after [`SHUTDOWN_DEADLINE`]; systemd's `TimeoutStopSec=30` bounds all).
+const FINAL_COMMIT_DEADLINE: Duration = Duration::from_secs(3);
 
 type Tp = (String, i32);
 
@@ -391,18 +395,24 @@ impl Dispatcher {
             }
         }
         let consumer = self.consumer.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
-                .await;
+        let committed = tokio::time::timeout(
+            FINAL_COMMIT_DEADLINE,
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync)),
+        )
+        .await;
         match committed {
-            Ok(Ok(())) => log::info!("offsets committed; registry stopped"),
-            Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
+            Ok(Ok(Ok(()))) => log::info!("offsets committed; registry stopped"),
+            Ok(Ok(Err(rdkafka::error::KafkaError::ConsumerCommit(
                 rdkafka::types::RDKafkaErrorCode::NoOffset,
-            ))) => {
+            )))) => {
                 log::info!("offsets committed (nothing new since the last batch); registry stopped")
             }
-            Ok(Err(e)) => log::info!("final offset commit: {e}"),
-            Err(e) => log::warn!("final offset commit did not run: {e}"),
+            Ok(Ok(Err(e))) => log::info!("final offset commit: {e}"),
+            Ok(Err(e)) => log::warn!("final offset commit did not run: {e}"),
+            Err(_) => log::warn!(
+                "final offset commit: no answer from Kafka within {FINAL_COMMIT_DEADLINE:?}; \
+                 the batches since the last commit will be redelivered"
+            ),
         }
     }
 }
