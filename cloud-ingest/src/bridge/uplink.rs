@@ -106,7 +106,13 @@ impl Uplink {
                 Some(report) = run.deliveries.join_next(), if !run.deliveries.is_empty() => {
                     match report {
                         Ok(report) => self.on_report(&mut run, report),
-                        Err(e) => log::error!("uplink: a delivery task failed: {e}"),
+                        // Cannot happen short of a panic; its message would
+                        // stay unconfirmed forever and hold every ack behind
+                        // it, so stop: the broker redelivers what is unacked.
+                        Err(e) => anyhow::bail!(
+                            "uplink: a delivery task failed ({e}); stopping so that the broker \
+                             redelivers every unacknowledged message"
+                        ),
                     }
                 }
                 _ = sleep_until(next_due), if next_due.is_some() => {
