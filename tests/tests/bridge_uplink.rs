@@ -69,6 +69,50 @@ fn device_messages_reach_kafka_keyed_by_topic_with_untouched_payloads_and_header
 }
 
 #[test]
+fn a_message_too_large_for_kafka_leaves_a_dead_letter_is_acked_and_the_stream_flows_on(
+) -> Result<()> {
+    let lab = Lab::start()?;
+    lab.tansu.create_topic("rae.device-events.dlq", 1)?;
+    let config = lab.config("bridge-big", 100, "")?;
+    let bridge = Bridge::start(&config)?;
+    lab.wait_subscribed("bridge-big", 1)?;
+    let sent = device_messages("box-big", 2, 6);
+    let big_topic = sent[2].topic.clone();
+    let mut all = sent.clone();
+    // Over librdkafka's default message.max.bytes (1,000,000), under the
+    // bridge's MQTT packet limit (16 MiB).
+    all.insert(
+        3,
+        Msg {
+            topic: big_topic.clone(),
+            payload: vec![0x5a; 1_500_000],
+            retain: false,
+        },
+    );
+    publish_all(lab.mosquitto.port(), "pub-big", &all)?;
+    // Every other message arrives, in order, its topic included.
+    read_sent(&lab, &sent, &bridge, READ)?;
+    let dead = lab.tansu.read("rae.device-events.dlq", 1, READ)?;
+    ensure!(dead.len() == 1, "{dead:?}\n{}", bridge.log_tail());
+    let d = &dead[0];
+    assert_eq!(d.key_str(), big_topic);
+    assert_eq!(d.header_str("mqtt_topic"), Some(big_topic.clone()));
+    assert_eq!(d.header_str("error_kind").as_deref(), Some("too_large"));
+    let error = d.header_str("error").unwrap_or_default();
+    assert!(error.contains("1500000 bytes"), "{error}");
+    assert!(error.contains("message.max.bytes"), "{error}");
+    assert!(d.value.as_deref().unwrap_or_default().is_empty());
+    // Acked (not redelivered), one connection throughout.
+    bridge.wait_metric("rae_bridge_mqtt_acks_total", all.len() as i64, READ)?;
+    assert_eq!(
+        bridge.metric("rae_bridge_messages_too_large_total"),
+        Some(1)
+    );
+    assert_eq!(bridge.metric("rae_bridge_mqtt_connections_total"), Some(1));
+    Ok(())
+}
+
+#[test]
 fn status_messages_go_to_the_box_status_topic_with_their_retain_flag() -> Result<()> {
     let lab = Lab::start()?;
     // Retained before the bridge subscribes: delivered with retain set.

@@ -38,6 +38,7 @@ pub struct BridgeMetrics {
     pub messages_in: Value,
     pub messages_out: Value,
     pub skipped: Value,
+    pub too_large: Value,
     pub in_flight: Value,
     pub delivery_failures: Value,
     pub producer_replacements: Value,
@@ -62,6 +63,10 @@ impl BridgeMetrics {
             skipped: m.counter(
                 "rae_bridge_messages_skipped_total",
                 "MQTT messages acked without a record (empty retained clears).",
+            ),
+            too_large: m.counter(
+                "rae_bridge_messages_too_large_total",
+                "MQTT messages too large for a Kafka record (a dead letter names each).",
             ),
             in_flight: m.gauge(
                 "rae_bridge_in_flight",
@@ -111,6 +116,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let k = &settings.kafka;
     let producer_properties = kafka::producer_properties(k);
+    let max_record_bytes = record::max_record_bytes(&producer_properties);
     let producer: FutureProducer<kafka::QuietContext> = kafka::client_config(&producer_properties)
         .create_with_context(kafka::QuietContext::default())
         .context("creating the Kafka producer (check [kafka.properties])")?;
@@ -145,6 +151,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             producer_properties,
             events_topic: k.events_topic.clone(),
             status_topic: k.status_topic.clone(),
+            dlq_topic: k.dlq_topic.clone(),
+            max_record_bytes,
             share_group: m.share_group.clone(),
             max_in_flight,
             drain: DRAIN_DEADLINE,

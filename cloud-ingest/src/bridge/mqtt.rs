@@ -64,13 +64,20 @@ pub fn filters(share_group: &str) -> [String; 2] {
     ]
 }
 
+/// The largest MQTT packet the bridge reads. A message above the Kafka
+/// record limit but below this becomes a dead letter (`record.rs`); a
+/// larger packet breaks the connection, and the broker sends it again
+/// after every reconnect, so the broker's `message_size_limit` must stay
+/// below this (docs/CLOUD.md). Read into memory one at a time.
+pub const MAX_INCOMING_PACKET_BYTES: usize = 16 << 20;
+
 /// The uplink's options: manual acks, persistent session.
 pub fn options(s: &MqttSettings, client_id: &str, clean_session: bool) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, &s.host, s.port);
     o.set_keep_alive(Duration::from_secs(s.keepalive_secs))
         .set_clean_session(clean_session)
         .set_manual_acks(true)
-        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, 1 << 20)
         // Outgoing QoS 1 window: only the downlink publishes.
         .set_inflight(16);
     if let Some((user, password)) = &s.credentials {

@@ -9,7 +9,12 @@
 //! - an empty payload (the agent's retained-clear after `detached`, see
 //!   docs/PROTOCOL.md 1.4) produces no record, but is still acknowledged;
 //! - a topic outside the two subscribed layouts produces no record (it
-//!   cannot arrive through the bridge's filters; counted if it ever does).
+//!   cannot arrive through the bridge's filters; counted if it ever does);
+//! - a message too large for a Kafka record (`message.max.bytes`) produces
+//!   a dead letter instead: a record on `kafka.dlq_topic` with the same key
+//!   and headers plus `error`/`error_kind`, and no value. It is acked once
+//!   that record is confirmed, so it neither blocks the bridge nor vanishes
+//!   without a trace.
 
 /// Header: the MQTT topic the message arrived on (UTF-8).
 pub const HEADER_TOPIC: &str = "mqtt_topic";
@@ -21,6 +26,17 @@ pub const HEADER_RETAIN: &str = "mqtt_retain";
 /// The record timestamp is the same instant.
 pub const HEADER_RECEIVED_AT: &str = "received_at_ms";
 
+/// Header on a bridge dead letter: why, as text.
+pub const HEADER_ERROR: &str = "error";
+/// Header on a bridge dead letter: why, as a word (`too_large`).
+pub const HEADER_ERROR_KIND: &str = "error_kind";
+/// What a record needs besides its key and value, bounded generously:
+/// the four headers above (~90 bytes) and librdkafka's per-message
+/// framing, which `message.max.bytes` counts too.
+pub const RECORD_OVERHEAD_BYTES: usize = 512;
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
 /// Which Kafka topic (from `[kafka]`) a message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
@@ -28,6 +44,9 @@ pub enum Destination {
     Events,
     /// `kafka.status_topic`: `rae/v1/{rae_id}/status`.
     Status,
+    /// `kafka.dlq_topic`: a dead letter naming a message that cannot be a
+    /// record ([`Route::TooLarge`]).
+    DeadLetter,
 }
 
 /// Why a message produces no record.
@@ -44,10 +63,16 @@ pub enum Skip {
 pub enum Route {
     Produce(Destination),
     Skip(Skip),
+    /// Key, value and overhead exceed `max_record_bytes`: Kafka can never
+    /// take it; a dead letter goes to [`Destination::DeadLetter`] instead.
+    TooLarge {
+        max_record_bytes: usize,
+    },
 }
 
-/// Routes a message by its topic layout and payload length.
-pub fn route(topic: &str, payload_len: usize) -> Route {
+/// Routes a message by its topic layout and payload length;
+/// `max_record_bytes` is the producer's `message.max.bytes`.
+pub fn route(topic: &str, payload_len: usize, max_record_bytes: usize) -> Route {
     let destination = match topic.split('/').collect::<Vec<_>>().as_slice() {
         ["rae", "v1", rae_id, "devices", session] if !rae_id.is_empty() && !session.is_empty() => {
             Destination::Events
@@ -57,9 +82,23 @@ pub fn route(topic: &str, payload_len: usize) -> Route {
     };
     if payload_len == 0 {
         Route::Skip(Skip::EmptyPayload)
+    } else if payload_len.saturating_add(topic.len() + RECORD_OVERHEAD_BYTES) > max_record_bytes {
+        Route::TooLarge { max_record_bytes }
     } else {
         Route::Produce(destination)
     }
+}
+
+/// `message.max.bytes` among the producer's properties (librdkafka's
+/// default if unset or unreadable; the config check has already refused a
+/// bad value).
+pub fn max_record_bytes(properties: &[(String, String)]) -> usize {
+    properties
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "message.max.bytes")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
 }
 
 /// The per-message facts carried in headers.
@@ -116,17 +155,48 @@ impl HeaderValue<'_> {
 mod tests {
     use super::*;
 
+    const M: usize = DEFAULT_MESSAGE_MAX_BYTES;
+
+    #[test]
+    fn a_message_too_large_for_a_record_becomes_a_dead_letter() {
+        let t = "rae/v1/b/devices/s";
+        let fits = M - t.len() - RECORD_OVERHEAD_BYTES;
+        assert_eq!(route(t, fits, M), Route::Produce(Destination::Events));
+        assert_eq!(
+            route(t, fits + 1, M),
+            Route::TooLarge {
+                max_record_bytes: M
+            }
+        );
+        assert_eq!(
+            route("rae/v1/b/status", 2_000_000, M),
+            Route::TooLarge {
+                max_record_bytes: M
+            }
+        );
+        // Unknown topics and retained clears are decided first.
+        assert_eq!(route("x/y", 2_000_000, M), Route::Skip(Skip::UnknownTopic));
+    }
+
+    #[test]
+    fn the_record_limit_is_the_producers_message_max_bytes() {
+        let props = |v: &str| vec![("message.max.bytes".to_string(), v.to_string())];
+        assert_eq!(max_record_bytes(&[]), DEFAULT_MESSAGE_MAX_BYTES);
+        assert_eq!(max_record_bytes(&props("2000000")), 2_000_000);
+        assert_eq!(max_record_bytes(&props("lots")), DEFAULT_MESSAGE_MAX_BYTES);
+    }
+
     #[test]
     fn device_topics_go_to_the_events_topic() {
         let t = "rae/v1/box-1/devices/0190a8f2-7c1e-7a4b-9c1d-2e3f4a5b6c7d";
-        assert_eq!(route(t, 10), Route::Produce(Destination::Events));
+        assert_eq!(route(t, 10, M), Route::Produce(Destination::Events));
     }
 
     #[test]
     fn a_device_topic_with_an_odd_session_segment_is_still_forwarded() {
         // The registry, not the bridge, decides what is garbage.
         assert_eq!(
-            route("rae/v1/b/devices/not-a-uuid", 3),
+            route("rae/v1/b/devices/not-a-uuid", 3, M),
             Route::Produce(Destination::Events)
         );
     }
@@ -134,7 +204,7 @@ mod tests {
     #[test]
     fn status_topics_go_to_the_status_topic() {
         assert_eq!(
-            route("rae/v1/box-1/status", 5),
+            route("rae/v1/box-1/status", 5, M),
             Route::Produce(Destination::Status)
         );
     }
@@ -142,10 +212,13 @@ mod tests {
     #[test]
     fn empty_payloads_are_skipped_on_both_layouts() {
         assert_eq!(
-            route("rae/v1/b/devices/s", 0),
+            route("rae/v1/b/devices/s", 0, M),
             Route::Skip(Skip::EmptyPayload)
         );
-        assert_eq!(route("rae/v1/b/status", 0), Route::Skip(Skip::EmptyPayload));
+        assert_eq!(
+            route("rae/v1/b/status", 0, M),
+            Route::Skip(Skip::EmptyPayload)
+        );
     }
 
     #[test]
@@ -158,7 +231,7 @@ mod tests {
             "rae/v1/b/devices/s/extra",
             "",
         ] {
-            assert_eq!(route(t, 4), Route::Skip(Skip::UnknownTopic), "{t}");
+            assert_eq!(route(t, 4, M), Route::Skip(Skip::UnknownTopic), "{t}");
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Pending {
     destination: Destination,
     payload: Vec<u8>,
     meta: Meta,
+    /// For a dead letter: (`error_kind`, `error`).
+    error: Option<(&'static str, String)>,
 }
 
 /// A delivery outcome: entry id, attempt, and the error (its librdkafka
@@ -65,6 +67,10 @@ pub struct Uplink {
     pub producer_properties: Vec<(String, String)>,
     pub events_topic: String,
     pub status_topic: String,
+    /// Where messages too large for a record leave a dead letter.
+    pub dlq_topic: String,
+    /// The producer's `message.max.bytes` ([`record::max_record_bytes`]).
+    pub max_record_bytes: usize,
     pub share_group: String,
     pub max_in_flight: usize,
     pub drain: Duration,
@@ -167,25 +173,45 @@ impl Uplink {
 
     fn on_publish(&mut self, run: &mut Run, p: Publish) {
         self.metrics.messages_in.inc();
-        let route = record::route(&p.topic, p.payload.len());
+        let route = record::route(&p.topic, p.payload.len(), self.max_record_bytes);
         let pkid = (p.qos != QoS::AtMostOnce).then_some(p.pkid);
         let meta = Meta {
             qos: p.qos as u8,
             retain: p.retain,
             received_at_ms: unix_ms(),
         };
-        let (destination, record) = match route {
-            Route::Produce(d) => (d, true),
+        let (destination, record, error) = match route {
+            Route::Produce(d) => (d, true, None),
             Route::Skip(why) => {
                 self.metrics.skipped.inc();
                 log::debug!("uplink: no record for {} ({why:?})", p.topic);
-                (Destination::Events, false)
+                (Destination::Events, false, None)
             }
+            Route::TooLarge { max_record_bytes } => {
+                self.metrics.too_large.inc();
+                let why = format!(
+                    "the MQTT payload of {} bytes on {} does not fit a Kafka record of at most \
+                     {max_record_bytes} bytes (message.max.bytes)",
+                    p.payload.len(),
+                    p.topic
+                );
+                log::error!(
+                    "uplink: {why}; a dead letter naming it goes to {} instead",
+                    self.dlq_topic
+                );
+                (Destination::DeadLetter, true, Some(("too_large", why)))
+            }
+        };
+        let payload = if error.is_some() {
+            Vec::new()
+        } else {
+            p.payload.into()
         };
         let pending = Pending {
             destination,
-            payload: p.payload.into(),
+            payload,
             meta,
+            error,
         };
         match run.inflight.push(&p.topic, pkid, record, pending) {
             Admit::ProduceNow(id) => self.produce(run, id, 0),
@@ -205,13 +231,25 @@ impl Uplink {
         let topic = match pending.destination {
             Destination::Events => &self.events_topic,
             Destination::Status => &self.status_topic,
+            Destination::DeadLetter => &self.dlq_topic,
         };
-        let mut headers = OwnedHeaders::new_with_capacity(4);
+        let mut headers = OwnedHeaders::new_with_capacity(6);
         for (name, value) in record::headers(key, &pending.meta) {
             headers = headers.insert(Header {
                 key: name,
                 value: Some(value.as_bytes()),
             });
+        }
+        if let Some((kind, text)) = &pending.error {
+            headers = headers
+                .insert(Header {
+                    key: record::HEADER_ERROR,
+                    value: Some(text.as_bytes()),
+                })
+                .insert(Header {
+                    key: record::HEADER_ERROR_KIND,
+                    value: Some(kind.as_bytes()),
+                });
         }
         let record = FutureRecord::to(topic)
             .key(key)

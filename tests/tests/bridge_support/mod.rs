@@ -408,7 +408,8 @@ pub fn publish_all(port: u16, client_id: &str, msgs: &[Msg]) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
-        opts.set_inflight(100).set_max_packet_size(1 << 20, 1 << 20);
+        // Large enough for the too-large-for-Kafka test message.
+        opts.set_inflight(100).set_max_packet_size(4 << 20, 4 << 20);
         let (client, mut el) = AsyncClient::new(opts, 200);
         let sender = client.clone();
         let owned: Vec<Msg> = msgs.to_vec();
