@@ -17,13 +17,6 @@ use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
-fn last_seq(cloud: &Cloud, s: &Session) -> i64 {
-    cloud.count(&format!(
-        "SELECT last_seq FROM device_sessions WHERE session_id = '{}'",
-        s.id
-    ))
-}
-
 #[test]
 fn a_database_connection_cut_mid_stream_is_given_up_after_the_timeout_and_nothing_is_lost(
 ) -> Result<()> {

@@ -11,13 +11,6 @@ use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
-fn last_seq(cloud: &Cloud, s: &Session) -> i64 {
-    cloud.count(&format!(
-        "SELECT last_seq FROM device_sessions WHERE session_id = '{}'",
-        s.id
-    ))
-}
-
 fn history(cloud: &Cloud, s: &Session) -> i64 {
     cloud.count(&format!(
         "SELECT count(*) FROM device_events WHERE session_id = '{}'",

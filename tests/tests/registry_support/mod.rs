@@ -216,6 +216,14 @@ pub fn create_topics(kafka: &Tansu, partitions: i32) -> Result<()> {
     Ok(())
 }
 
+/// `device_sessions.last_seq` of `s` (-1 if it has no row).
+pub fn last_seq(cloud: &Cloud, s: &Session) -> i64 {
+    cloud.count(&format!(
+        "SELECT last_seq FROM device_sessions WHERE session_id = '{}'",
+        s.id
+    ))
+}
+
 /// Checks that the database holds session `session_id` complete up to
 /// `last`: `device_sessions.last_seq = last`, not stale, and its history
 /// (`device_events`) is exactly the seqs `1..=last` (the primary key
