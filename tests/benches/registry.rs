@@ -153,7 +153,11 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
         let gaps = cloud.metric("rae_registry_gaps_total").unwrap_or(0);
         ensure!(
             gaps == 0,
-            "records were skipped: the registry counted {gaps} gaps ({done}/{n} records in batches)"
+            "records were skipped: the registry counted {gaps} gaps and {} offsets the broker \
+             jumped over ({done}/{n} records in batches)",
+            cloud
+                .metric("rae_registry_offsets_skipped_total")
+                .unwrap_or(0)
         );
         ensure!(
             started.elapsed() < Duration::from_secs(3600),

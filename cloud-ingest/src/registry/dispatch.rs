@@ -143,6 +143,18 @@ struct Pipeline {
     /// Keys + payloads in `stash`.
     stash_bytes: usize,
     paused: bool,
+    /// The offset after the last record dispatched (None before the first).
+    next_offset: Option<i64>,
+}
+
+/// Offsets a partition's stream jumped over: `Some((first, end))`, end
+/// exclusive, when `got` lies beyond the `expected` next offset (pure).
+/// The events topic is neither compacted nor transactional, so its offsets
+/// are contiguous and a jump means records the broker never delivered
+/// (seen: Tansu 0.6.0 answering a fetch from inside a record batch with the
+/// next batch, docs/CLOUD.md). A step back (a refetch) is no jump.
+pub fn offset_jump(expected: Option<i64>, got: i64) -> Option<(i64, i64)> {
+    expected.filter(|&e| got > e).map(|e| (e, got))
 }
 
 fn record_bytes(m: &OwnedMessage) -> usize {
@@ -301,6 +313,21 @@ impl Dispatcher {
         let Some(p) = self.pipelines.get_mut(&tp) else {
             return;
         };
+        if tp.0 != self.shared.status_topic {
+            if let Some((first, end)) = offset_jump(p.next_offset, m.offset()) {
+                self.metrics.offsets_skipped.add(end - first);
+                log::error!(
+                    "{}[{}]: the broker delivered offset {end} after {}, skipping {first}..{end}: \
+                     those records were never received; their sessions will show gaps and be \
+                     resynced (a broker that answers a fetch from inside a record batch with \
+                     the next one, e.g. Tansu 0.6.0, does this)",
+                    tp.0,
+                    tp.1,
+                    first - 1
+                );
+            }
+        }
+        p.next_offset = Some(m.offset().saturating_add(1));
         p.stash_bytes += record_bytes(&m);
         p.stash.push_back(m);
         if !p.flush() {
@@ -340,6 +367,7 @@ impl Dispatcher {
                 stash: VecDeque::new(),
                 stash_bytes: 0,
                 paused: false,
+                next_offset: None,
             },
         );
     }
@@ -463,6 +491,7 @@ mod tests {
             stash: VecDeque::new(),
             stash_bytes: 0,
             paused: false,
+            next_offset: None,
         };
         (p, rx)
     }
@@ -471,6 +500,14 @@ mod tests {
         p.stash_bytes += record_bytes(&m);
         p.stash.push_back(m);
         p.flush()
+    }
+
+    #[test]
+    fn an_offset_beyond_the_next_expected_one_is_a_jump_and_a_refetch_is_not() {
+        assert_eq!(offset_jump(None, 57), None, "first record of an assignment");
+        assert_eq!(offset_jump(Some(57), 57), None);
+        assert_eq!(offset_jump(Some(50), 100), Some((50, 100)));
+        assert_eq!(offset_jump(Some(57), 40), None, "a refetch from earlier");
     }
 
     #[test]

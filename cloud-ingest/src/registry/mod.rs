@@ -51,6 +51,7 @@ pub struct RegistryMetrics {
     pub db_conflicts: Value,
     pub paused: Value,
     pub paused_partitions: Value,
+    pub offsets_skipped: Value,
 }
 
 impl RegistryMetrics {
@@ -115,6 +116,10 @@ impl RegistryMetrics {
             paused_partitions: m.gauge(
                 "rae_registry_paused_partitions",
                 "Partitions paused because their pipeline is full.",
+            ),
+            offsets_skipped: m.counter(
+                "rae_registry_offsets_skipped_total",
+                "Event offsets the broker jumped over (records never delivered).",
             ),
         }
     }
