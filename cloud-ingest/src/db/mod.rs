@@ -201,7 +201,7 @@ pub async fn migrate_command(settings: Settings) -> anyhow::Result<()> {
 
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
@@ -210,7 +210,22 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    };
+    // `password=` as a URL parameter or a key=value pair: its value up to
+    // the next `&` or space.
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url.as_str();
+    while let Some(i) = rest.find("password=") {
+        let value = i + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str("***");
+        let end = rest[value..]
+            .find(['&', ' '])
+            .map_or(rest.len(), |e| value + e);
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -244,5 +259,13 @@ mod tests {
         );
         assert_eq!(redact("postgresql://rae@db/rae"), "postgresql://rae@db/rae");
         assert_eq!(redact("host=x user=y"), "host=x user=y");
+        assert_eq!(
+            redact("host=x user=y password=secret dbname=rae"),
+            "host=x user=y password=*** dbname=rae"
+        );
+        assert_eq!(
+            redact("postgresql://rae@db/rae?password=secret&sslmode=require"),
+            "postgresql://rae@db/rae?password=***&sslmode=require"
+        );
     }
 }
