@@ -79,9 +79,13 @@ fn preload(cloud: &Cloud, envs: &[Envelope]) -> Result<Duration> {
 }
 
 fn vm_hwm_kib(pid: i32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: i32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -120,6 +124,9 @@ struct Drain {
     /// CPU seconds (user + system) of the registry process.
     cpu_secs: f64,
     peak_rss_kib: u64,
+    /// VmRSS when the first batch was seen committed (clients connected,
+    /// group joined, first fetch buffered).
+    rss_first_batch_kib: u64,
     lag_zero_after_secs: Option<f64>,
 }
 
@@ -133,6 +140,7 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
     let pid = reg.pid();
     let mut peak = 0;
     let mut first_batch = None;
+    let mut rss_first_batch_kib = 0;
     let mut done = 0;
     loop {
         peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
@@ -143,6 +151,7 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
             .unwrap_or(done);
         if done > 0 && first_batch.is_none() {
             first_batch = Some((started.elapsed().as_secs_f64(), done));
+            rss_first_batch_kib = status_kib(pid, "VmRSS:").unwrap_or(0);
         }
         if done >= n && cloud.count("SELECT count(*) FROM device_events") >= n {
             break;
@@ -204,6 +213,7 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
         pipeline_ms,
         cpu_secs,
         peak_rss_kib: peak,
+        rss_first_batch_kib,
         lag_zero_after_secs,
     })
 }
@@ -548,7 +558,8 @@ fn main() -> Result<()> {
         let d = drain(&cloud, size as i64)?;
         println!(
             "burst {size}: pre-loaded in {:.1} s; drained in {:.1} s = {:.0} events/s from process start \
-             ({} events/s from the first batch); registry CPU {:.1} s; peak RSS {:.1} MiB; lag 0 {}",
+             ({} events/s from the first batch); registry CPU {:.1} s; peak RSS {:.1} MiB \
+             ({:.1} MiB at the first batch); lag 0 {}",
             load.as_secs_f64(),
             d.secs,
             size as f64 / d.secs,
@@ -557,6 +568,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
             d.cpu_secs,
             d.peak_rss_kib as f64 / 1024.0,
+            d.rss_first_batch_kib as f64 / 1024.0,
             match d.lag_zero_after_secs {
                 Some(s) => format!("reported {s:.1} s after start"),
                 None => "NOT reported within 30 s after the drain".to_string(),
