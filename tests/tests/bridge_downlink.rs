@@ -108,10 +108,14 @@ fn a_command_in_flight_when_the_mqtt_broker_restarts_is_published_again() -> Res
 
     // The broker restarts without the sessions (`persistence false`): the
     // bridge's new connection has no pending PUBLISH to resend.
+    // The bridge is frozen meanwhile, so it cannot reconnect (and publish
+    // again) before the agent's subscriber is back on the new broker.
     let subacks = agent.subacks();
+    bridge.freeze()?;
     lab.mosquitto.kill()?;
     lab.mosquitto.restart()?;
     agent.wait_resubscribed(subacks, Duration::from_secs(10))?;
+    bridge.thaw()?;
     arrives(b"in flight", "the command in flight at the restart")?;
     ensure!(
         bridge.log_text().contains("again after the reconnect"),
