@@ -4,7 +4,8 @@
 //!
 //! Invariants:
 //! - a partition's records reach its worker in order, through a bounded
-//!   channel ([`CHANNEL_RECORDS`]); when the channel is full (the worker
+//!   channel ([`CHANNEL_RECORDS`] records, [`CHANNEL_MAX_BYTES`] of keys
+//!   and payloads); when the channel is full (the worker
 //!   is behind, or retrying a batch because the database is down) records
 //!   wait in the partition's stash, and once the stash holds more than
 //!   [`STASH_MAX_BYTES`] the partition is paused (resumed below half of
@@ -45,6 +46,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::TopicPartitionList;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -52,6 +54,11 @@ use tokio::task::JoinSet;
 
 /// Records buffered per partition between the dispatcher and its worker.
 const CHANNEL_RECORDS: usize = 2048;
+/// Bytes (keys + payloads) buffered there: large records (full
+/// checkpoints of devices with many attributes) would otherwise make the
+/// record bound alone worth megabytes per partition. One record always
+/// fits, however large.
+const CHANNEL_MAX_BYTES: usize = 1 << 20;
 /// Bytes (keys + payloads) a partition's stash holds before the partition
 /// is paused.
 const STASH_MAX_BYTES: usize = 1 << 20;
@@ -136,8 +143,35 @@ impl ConsumerContext for RegistryContext {
     }
 }
 
+/// Keys + payloads sent into a pipeline's channel and not yet received by
+/// its worker (the worker subtracts what it receives).
+#[derive(Debug, Clone, Default)]
+pub struct ChannelBytes(Arc<AtomicI64>);
+
+impl ChannelBytes {
+    fn add(&self, n: usize) {
+        self.0.fetch_add(to_i64(n), Ordering::Relaxed);
+    }
+    /// Called by the worker for each record it receives.
+    pub fn received(&self, m: &OwnedMessage) {
+        self.0.fetch_sub(to_i64(record_bytes(m)), Ordering::Relaxed);
+    }
+    /// Undoes [`ChannelBytes::add`] for a record that was not sent.
+    fn add_back(&self, n: usize) {
+        self.0.fetch_sub(to_i64(n), Ordering::Relaxed);
+    }
+    fn get(&self) -> usize {
+        usize::try_from(self.0.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 struct Pipeline {
     tx: mpsc::Sender<OwnedMessage>,
+    channel_bytes: ChannelBytes,
     stop: watch::Sender<Stop>,
     stash: VecDeque<OwnedMessage>,
     /// Keys + payloads in `stash`.
@@ -167,13 +201,23 @@ impl Pipeline {
     fn flush(&mut self) -> bool {
         while let Some(m) = self.stash.pop_front() {
             let bytes = record_bytes(&m);
+            let queued = self.channel_bytes.get();
+            if queued > 0 && queued + bytes > CHANNEL_MAX_BYTES {
+                self.stash.push_front(m);
+                return true;
+            }
+            // Counted before the send: the worker may receive (and
+            // subtract) it before try_send returns.
+            self.channel_bytes.add(bytes);
             match self.tx.try_send(m) {
                 Ok(()) => self.stash_bytes -= bytes,
                 Err(mpsc::error::TrySendError::Full(m)) => {
+                    self.channel_bytes.add_back(bytes);
                     self.stash.push_front(m);
                     return true;
                 }
                 Err(mpsc::error::TrySendError::Closed(m)) => {
+                    self.channel_bytes.add_back(bytes);
                     self.stash.push_front(m);
                     return false;
                 }
@@ -348,11 +392,13 @@ impl Dispatcher {
 
     fn spawn(&mut self, tp: Tp) {
         let (tx, rx) = mpsc::channel(CHANNEL_RECORDS);
+        let channel_bytes = ChannelBytes::default();
         let (stop_tx, stop_rx) = watch::channel(Stop::Running);
         let worker = Worker {
             topic: tp.0.clone(),
             partition: tp.1,
             rx,
+            channel_bytes: channel_bytes.clone(),
             stop: stop_rx,
             shared: self.shared.clone(),
             db: None,
@@ -363,6 +409,7 @@ impl Dispatcher {
             tp,
             Pipeline {
                 tx,
+                channel_bytes,
                 stop: stop_tx,
                 stash: VecDeque::new(),
                 stash_bytes: 0,
@@ -487,6 +534,7 @@ mod tests {
         let (stop, _) = watch::channel(Stop::Running);
         let p = Pipeline {
             tx,
+            channel_bytes: ChannelBytes::default(),
             stop,
             stash: VecDeque::new(),
             stash_bytes: 0,
@@ -508,6 +556,45 @@ mod tests {
         assert_eq!(offset_jump(Some(57), 57), None);
         assert_eq!(offset_jump(Some(50), 100), Some((50, 100)));
         assert_eq!(offset_jump(Some(57), 40), None, "a refetch from earlier");
+    }
+
+    fn big_record(offset: i64, bytes: usize) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(vec![0; bytes]),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn the_channel_holds_at_most_a_mebibyte_of_large_records_and_always_one() {
+        let (mut p, mut rx) = pipeline(CHANNEL_RECORDS);
+        for offset in 0..10 {
+            assert!(push(&mut p, big_record(offset, 300_000)));
+        }
+        // 3 × 300 kB fit in 1 MiB, a fourth would not: 7 wait in the stash.
+        assert_eq!(p.channel_bytes.get(), 900_000);
+        assert_eq!(p.stash.len(), 7);
+        // The worker receives one: room for one more.
+        let m = rx.try_recv().unwrap();
+        p.channel_bytes.received(&m);
+        assert!(p.flush());
+        assert_eq!(p.stash.len(), 6);
+        assert_eq!(p.channel_bytes.get(), 900_000);
+        // A record larger than the bound still goes through alone.
+        let (mut q, mut rx) = pipeline(CHANNEL_RECORDS);
+        assert!(push(&mut q, big_record(0, 3 << 20)));
+        assert!(push(&mut q, big_record(1, 10)));
+        assert_eq!(q.stash.len(), 1);
+        let m = rx.try_recv().unwrap();
+        q.channel_bytes.received(&m);
+        assert!(q.flush());
+        assert!(q.stash.is_empty());
+        assert_eq!(q.channel_bytes.get(), 10);
     }
 
     #[test]

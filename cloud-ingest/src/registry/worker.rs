@@ -77,6 +77,8 @@ pub struct Worker {
     pub topic: String,
     pub partition: i32,
     pub rx: mpsc::Receiver<OwnedMessage>,
+    /// The bytes in `rx`, which this worker lowers as it receives.
+    pub channel_bytes: super::dispatch::ChannelBytes,
     pub stop: watch::Receiver<Stop>,
     pub shared: Shared,
     /// The database connection and its prepared statements (None until the
@@ -152,10 +154,12 @@ impl Worker {
             let idle_since = Instant::now();
             let mut batch = Vec::new();
             if carry.is_empty() {
-                batch.push(tokio::select! {
+                let m = tokio::select! {
                     m = self.rx.recv() => match m { Some(m) => m, None => return },
                     _ = self.stop.changed() => return,
-                });
+                };
+                self.channel_bytes.received(&m);
+                batch.push(m);
             }
             let opened = Instant::now();
             metrics
@@ -167,7 +171,10 @@ impl Worker {
                 tokio::select! {
                     biased;
                     m = self.rx.recv() => match m {
-                        Some(m) => batch.push(m),
+                        Some(m) => {
+                            self.channel_bytes.received(&m);
+                            batch.push(m);
+                        }
                         None => { stopping = true; break }
                     },
                     _ = self.stop.changed() => { stopping = true; break }
