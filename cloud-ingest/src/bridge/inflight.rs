@@ -3,7 +3,9 @@
 //! does the I/O.
 //!
 //! Invariants:
-//! - at most `capacity` entries; at the bound the uplink stops reading MQTT;
+//! - at most `capacity` entries and, past the first, at most `max_bytes`
+//!   of their data ([`Weigh`]); at either bound the uplink stops reading
+//!   MQTT;
 //! - acks are released strictly in receive order (MQTT 3.1.1 4.6), and only
 //!   for entries whose record Kafka confirmed (or that produce none);
 //! - an entry received on an earlier MQTT connection is never acked: its
@@ -22,6 +24,23 @@ use std::collections::VecDeque;
 pub const RETRY_FIRST_MS: u64 = 100;
 /// Cap of the retry delay.
 pub const RETRY_MAX_MS: u64 = 10_000;
+
+/// What an entry's data counts towards [`InFlight`]'s byte bound.
+pub trait Weigh {
+    fn bytes(&self) -> usize;
+}
+
+impl Weigh for () {
+    fn bytes(&self) -> usize {
+        0
+    }
+}
+
+impl Weigh for Vec<u8> {
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
 
 /// The packet to acknowledge: MQTT packet id and the connection it came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,16 +92,22 @@ pub enum Admit {
 pub struct InFlight<T> {
     entries: VecDeque<Entry<T>>,
     capacity: usize,
+    /// Sum of the entries' [`Weigh::bytes`], and its bound.
+    bytes: usize,
+    max_bytes: usize,
     next_id: u64,
     connection: u64,
     retrying: usize,
 }
 
-impl<T> InFlight<T> {
+impl<T: Weigh> InFlight<T> {
+    /// At most `capacity` entries (no byte bound: [`InFlight::max_bytes`]).
     pub fn new(capacity: usize) -> InFlight<T> {
         InFlight {
             entries: VecDeque::with_capacity(capacity),
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes: usize::MAX,
             next_id: 0,
             connection: 0,
             retrying: 0,
@@ -97,9 +122,22 @@ impl<T> InFlight<T> {
         self.entries.is_empty()
     }
 
+    /// Also at most `max_bytes` of data once there is one entry (a single
+    /// entry may be larger).
+    pub fn max_bytes(mut self, max_bytes: usize) -> InFlight<T> {
+        self.max_bytes = max_bytes;
+        self
+    }
+
     /// Whether another message may be read.
     pub fn has_room(&self) -> bool {
         self.entries.len() < self.capacity
+            && (self.entries.is_empty() || self.bytes < self.max_bytes)
+    }
+
+    /// The data bytes in flight.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// A new MQTT connection: earlier entries will not be acked.
@@ -129,6 +167,7 @@ impl<T> InFlight<T> {
         } else {
             (State::Producing(0), Admit::ProduceNow(id))
         };
+        self.bytes = self.bytes.saturating_add(data.bytes());
         self.entries.push_back(Entry {
             id,
             key: key.to_string(),
@@ -277,6 +316,7 @@ impl<T> InFlight<T> {
         let mut acks = Vec::new();
         while self.entries.front().is_some_and(|e| e.state.finished()) {
             if let Some(e) = self.entries.pop_front() {
+                self.bytes = self.bytes.saturating_sub(e.data.bytes());
                 if let Some(ack) = e.ack.filter(|a| a.connection == self.connection) {
                     acks.push(ack);
                 }
@@ -315,6 +355,24 @@ mod tests {
         let pkids: Vec<u16> = f.release().iter().map(|a| a.pkid).collect();
         assert_eq!(pkids, vec![1, 2]);
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn the_byte_bound_stops_reading_until_something_is_released_but_one_entry_always_fits() {
+        let mut f: InFlight<Vec<u8>> = InFlight::new(100).max_bytes(1000);
+        assert!(f.has_room());
+        let a = produce(f.push("k1", Some(1), true, vec![0; 5000]));
+        assert!(!f.has_room(), "one entry over the bound is in; no second");
+        assert!(f.delivered(a, 0));
+        f.release();
+        assert_eq!(f.bytes(), 0);
+        let b = produce(f.push("k1", Some(2), true, vec![0; 600]));
+        assert!(f.has_room(), "600 of 1000");
+        let c = produce(f.push("k2", Some(3), true, vec![0; 600]));
+        assert!(!f.has_room(), "1200 of 1000");
+        assert!(f.delivered(b, 0) && f.delivered(c, 0));
+        assert_eq!(f.release().len(), 2);
+        assert!(f.has_room());
     }
 
     #[test]

@@ -39,6 +39,17 @@ pub struct Pending {
     error: Option<(&'static str, String)>,
 }
 
+impl super::inflight::Weigh for Pending {
+    fn bytes(&self) -> usize {
+        self.payload.len()
+    }
+}
+
+/// Payload bytes in flight at most (past the first message): with
+/// `mqtt.max_in_flight` messages of up to Kafka's ~1 MB record limit the
+/// count bound alone would allow about a gigabyte.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
 /// A delivery outcome: entry id, attempt, and the error (its librdkafka
 /// code if any).
 type Report = (u64, u32, Result<(), DeliveryError>);
@@ -88,7 +99,7 @@ struct Run {
 impl Uplink {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut run = Run {
-            inflight: InFlight::new(self.max_in_flight),
+            inflight: InFlight::new(self.max_in_flight).max_bytes(MAX_IN_FLIGHT_BYTES),
             deliveries: JoinSet::new(),
             health: ProducerHealth::new(),
             epoch: Instant::now(),
