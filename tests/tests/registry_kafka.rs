@@ -225,6 +225,45 @@ fn garbage_lands_in_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
 }
 
 #[test]
+fn garbage_too_large_to_dead_letter_whole_is_cut_and_the_partition_keeps_flowing() {
+    let cloud = Cloud::start(1, "").unwrap();
+    let reg = cloud.registry().unwrap();
+    let mut s = Session::new("box-l", "dev-l");
+    let key = s
+        .at(1, EventKind::Detached { reason: "x".into() })
+        .topic()
+        .unwrap();
+    cloud.send(&[s.attached(&[("a", 1)])]).unwrap();
+    // Not CBOR, and larger than the registry producer's message.max.bytes
+    // (librdkafka's default 1,000,000): whole, its dead letter could never
+    // be produced.
+    let garbage = vec![0xffu8; 1_040_000];
+    cloud
+        .send_large_raw(EVENTS, key.as_bytes(), &garbage)
+        .unwrap();
+    cloud.send(&[s.checkpoint(&[("a", 3)])]).unwrap();
+    wait("events after the large garbage applied", CONVERGE, || {
+        last_seq(&cloud, &s) == 2
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+    let dead = cloud.kafka.read(DLQ, 1, Duration::from_secs(10)).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(d.header_str("error_kind").as_deref(), Some("decode"));
+    assert_eq!(d.header_str("truncated_from").as_deref(), Some("1040000"));
+    let value = d.value.as_deref().unwrap_or_default();
+    assert!(
+        value.len() < 1_000_000 && value.len() > 900_000,
+        "{}",
+        value.len()
+    );
+    assert!(value.iter().all(|&b| b == 0xff));
+    assert_eq!(d.key_str(), key);
+    assert_eq!(cloud.metric("rae_registry_dlq_total"), Some(1));
+}
+
+#[test]
 fn a_ten_second_database_outage_mid_stream_loses_nothing() {
     let cloud = Cloud::start(2, "batch_max_records = 50").unwrap();
     let mut pg_ctl = cloud;

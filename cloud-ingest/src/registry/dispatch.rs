@@ -272,6 +272,7 @@ impl Dispatcher {
             batch_max_wait: Duration::from_millis(r.batch_max_wait_ms),
             retry_max_backoff: Duration::from_secs(settings.database.retry_max_backoff_secs),
             db_timeout_secs: settings.database.timeout_secs,
+            max_record_bytes: super::kafka::producer_max_record_bytes(kafka),
             metrics: metrics.clone(),
         };
         Ok(Dispatcher {

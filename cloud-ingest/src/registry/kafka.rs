@@ -143,6 +143,36 @@ pub fn command_headers(name: &str) -> OwnedHeaders {
     })
 }
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// What a dead letter needs besides its key and value, bounded generously:
+/// its five headers with a long reason, and librdkafka's framing.
+const DLQ_OVERHEAD_BYTES: usize = 4096;
+
+/// The registry producer's `message.max.bytes` (librdkafka's default
+/// unless `[kafka.properties]` sets it).
+pub fn producer_max_record_bytes(kafka: &KafkaSettings) -> usize {
+    producer_config(kafka)
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}
+
+/// The value a dead letter carries (pure): the record's own bytes, or
+/// their first part when the dead letter would not fit a record of
+/// `max_record_bytes` (a record another producer wrote near the broker's
+/// larger limit); then also the original length, for a `truncated_from`
+/// header. Without this, producing the dead letter would fail on every
+/// retry and stall the partition.
+pub fn dlq_value(raw: &[u8], key_len: usize, max_record_bytes: usize) -> (&[u8], Option<usize>) {
+    let room = max_record_bytes.saturating_sub(key_len + DLQ_OVERHEAD_BYTES);
+    if raw.len() <= room {
+        (raw, None)
+    } else {
+        (&raw[..room], Some(raw.len()))
+    }
+}
+
 /// Headers of a dead letter.
 pub fn dlq_headers(
     reason: &str,
@@ -194,6 +224,18 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("enable.auto.commit"), None);
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_for_a_record_carries_the_first_part_of_the_value() {
+        let raw = vec![7u8; 2_000];
+        assert_eq!(dlq_value(&raw, 50, 1_000_000), (&raw[..], None));
+        let (value, from) = dlq_value(&raw, 50, 5_000);
+        assert_eq!(value.len(), 5_000 - 50 - DLQ_OVERHEAD_BYTES);
+        assert_eq!(from, Some(2_000));
+        let (value, from) = dlq_value(&raw, 50, 100);
+        assert!(value.is_empty());
+        assert_eq!(from, Some(2_000));
     }
 
     #[test]

@@ -21,14 +21,14 @@
 
 use super::classify::{classify, Source};
 use super::dispatch::RegistryContext;
-use super::kafka::{command_headers, dlq_headers, resync_payload};
+use super::kafka::{command_headers, dlq_headers, dlq_value, resync_payload};
 use super::plan::{Item, Plan, Policy};
 use super::side_producer::SideProducer;
 use super::RegistryMetrics;
 use crate::db::write::HistoryInsert;
 use crate::db::{self, write, DbError};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +60,8 @@ pub struct Shared {
     pub retry_max_backoff: Duration,
     /// `database.timeout_secs`: bounds a connection attempt and a batch.
     pub db_timeout_secs: u64,
+    /// The side producer's `message.max.bytes` (dead letters are cut to it).
+    pub max_record_bytes: usize,
     pub metrics: RegistryMetrics,
 }
 
@@ -427,8 +429,28 @@ async fn produce_side_records(
             d.letter.kind.as_str(),
             d.letter.reason
         );
+        let key_len = item.key.as_ref().map_or(0, Vec::len);
+        let (value, truncated_from) =
+            dlq_value(item.raw.as_slice(), key_len, shared.max_record_bytes);
+        let headers = match truncated_from {
+            Some(len) => {
+                log::warn!(
+                    "{source_topic}[{}] offset {}: the dead letter carries the first {} of the \
+                     record's {len} bytes (message.max.bytes)",
+                    item.partition,
+                    item.offset,
+                    value.len()
+                );
+                let len = len.to_string();
+                headers.insert(Header {
+                    key: "truncated_from",
+                    value: Some(len.as_bytes()),
+                })
+            }
+            None => headers,
+        };
         let mut record = FutureRecord::to(&shared.dlq_topic)
-            .payload(item.raw.as_slice())
+            .payload(value)
             .headers(headers);
         if let Some(key) = &item.key {
             record = record.key(key.as_slice());

@@ -132,6 +132,20 @@ impl Cloud {
         Ok(())
     }
 
+    /// Produces one raw record of any size up to 2 MB on `topic` (a
+    /// producer other than the bridge, with a larger `message.max.bytes`).
+    pub fn send_large_raw(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.kafka.bootstrap())
+            .set("acks", "all")
+            .set("message.max.bytes", "2000000")
+            .set("log_level", "3");
+        let p: ThreadedProducer<DefaultProducerContext> = c.create()?;
+        send_retrying(&p, topic, key, value)?;
+        p.flush(Duration::from_secs(30))?;
+        Ok(())
+    }
+
     /// Produces one raw record on `topic`.
     pub fn send_raw(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<()> {
         let p = self.producer()?;
