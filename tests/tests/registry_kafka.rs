@@ -375,6 +375,46 @@ fn sigterm_commits_the_offsets_so_a_restart_reads_nothing_again() {
 }
 
 #[test]
+fn sigterm_during_a_database_outage_exits_within_its_deadline_and_loses_nothing() {
+    let mut cloud = Cloud::start(1, "").unwrap();
+    let mut s = Session::new("box-q", "dev-q");
+    let events = stream(&mut s, 20);
+    cloud.pg.stop().unwrap();
+    let mut reg = cloud.registry().unwrap();
+    cloud.send(&events).unwrap();
+    wait("the batch is being retried", CONVERGE, || {
+        cloud.metric("rae_registry_retrying") == Some(1)
+    })
+    .unwrap();
+    // The batch can never commit: shutdown gives it up after its 20 s
+    // deadline, commits nothing for it and exits cleanly, inside
+    // systemd's TimeoutStopSec=30.
+    let asked = std::time::Instant::now();
+    let status = reg.terminate(Duration::from_secs(30)).unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}\n{}", reg.log_tail());
+    assert!(
+        took < Duration::from_secs(28),
+        "{took:?}\n{}",
+        reg.log_tail()
+    );
+    assert!(
+        reg.log_text().contains("shutdown deadline"),
+        "{}",
+        reg.log_tail()
+    );
+    // Nothing was committed past it: a new registry applies all of it.
+    cloud.pg.start_again().unwrap();
+    let reg = cloud.registry().unwrap();
+    wait("everything applied after the restart", CONVERGE, || {
+        last_seq(&cloud, &s) == 20
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+    assert_eq!(history(&cloud, &s), 20);
+}
+
+#[test]
 fn box_status_records_update_the_boxes_table() {
     let cloud = Cloud::start(1, "").unwrap();
     let _reg = cloud.registry().unwrap();
