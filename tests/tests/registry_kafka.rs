@@ -175,16 +175,22 @@ fn a_gap_marks_the_session_stale_and_produces_exactly_one_resync_record() {
     assert_eq!(attr(&cloud, &s, "b").as_deref(), Some("1"));
 }
 
-#[test]
-fn garbage_lands_in_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
-    let cloud = Cloud::start(1, "").unwrap();
-    let reg = cloud.registry().unwrap();
-    let mut s = Session::new("box-d", "dev-d");
+/// A session attached with `a = 1` (seq 1), and its record key.
+fn attached_session(cloud: &Cloud, rae_id: &str, device_id: &str) -> (Session, String) {
+    let mut s = Session::new(rae_id, device_id);
     let key = s
         .at(1, EventKind::Detached { reason: "x".into() })
         .topic()
         .unwrap();
     cloud.send(&[s.attached(&[("a", 1)])]).unwrap();
+    (s, key)
+}
+
+#[test]
+fn garbage_lands_in_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
+    let cloud = Cloud::start(1, "").unwrap();
+    let reg = cloud.registry().unwrap();
+    let (mut s, key) = attached_session(&cloud, "box-d", "dev-d");
     cloud
         .send_raw(EVENTS, key.as_bytes(), b"\xff\x00 not cbor")
         .unwrap();
@@ -228,12 +234,7 @@ fn garbage_lands_in_the_dlq_with_a_reason_and_the_partition_keeps_flowing() {
 fn garbage_too_large_to_dead_letter_whole_is_cut_and_the_partition_keeps_flowing() {
     let cloud = Cloud::start(1, "").unwrap();
     let reg = cloud.registry().unwrap();
-    let mut s = Session::new("box-l", "dev-l");
-    let key = s
-        .at(1, EventKind::Detached { reason: "x".into() })
-        .topic()
-        .unwrap();
-    cloud.send(&[s.attached(&[("a", 1)])]).unwrap();
+    let (mut s, key) = attached_session(&cloud, "box-l", "dev-l");
     // Not CBOR, and larger than the registry producer's message.max.bytes
     // (librdkafka's default 1,000,000): whole, its dead letter could never
     // be produced.
