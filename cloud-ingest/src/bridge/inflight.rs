@@ -36,6 +36,7 @@ impl Weigh for () {
     }
 }
 
+#[cfg(test)]
 impl Weigh for Vec<u8> {
     fn bytes(&self) -> usize {
         self.len()

@@ -11,7 +11,7 @@
 //!   after the command's PUBACK; auto-commit then commits stored offsets).
 
 use crate::config::KafkaSettings;
-use crate::kafka_alias::canonical;
+use crate::kafka_props::canonical;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;

@@ -34,8 +34,6 @@ pub const HEADER_ERROR_KIND: &str = "error_kind";
 /// the four headers above (~90 bytes) and librdkafka's per-message
 /// framing, which `message.max.bytes` counts too.
 pub const RECORD_OVERHEAD_BYTES: usize = 512;
-/// librdkafka's default `message.max.bytes`.
-pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// Which Kafka topic (from `[kafka]`) a message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,16 +87,15 @@ pub fn route(topic: &str, payload_len: usize, max_record_bytes: usize) -> Route 
     }
 }
 
-/// `message.max.bytes` among the producer's properties (librdkafka's
-/// default if unset or unreadable; the config check has already refused a
-/// bad value).
+/// The record limit of a producer with these properties (the last
+/// `message.max.bytes`, [`crate::kafka_props::message_max_bytes`]).
 pub fn max_record_bytes(properties: &[(String, String)]) -> usize {
-    properties
+    let value = properties
         .iter()
         .rev()
         .find(|(k, _)| k == "message.max.bytes")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+        .map(|(_, v)| v.as_str());
+    crate::kafka_props::message_max_bytes(value)
 }
 
 /// The per-message facts carried in headers.
@@ -155,7 +152,7 @@ impl HeaderValue<'_> {
 mod tests {
     use super::*;
 
-    const M: usize = DEFAULT_MESSAGE_MAX_BYTES;
+    const M: usize = crate::kafka_props::DEFAULT_MESSAGE_MAX_BYTES;
 
     #[test]
     fn a_message_too_large_for_a_record_becomes_a_dead_letter() {
@@ -179,11 +176,15 @@ mod tests {
     }
 
     #[test]
-    fn the_record_limit_is_the_producers_message_max_bytes() {
-        let props = |v: &str| vec![("message.max.bytes".to_string(), v.to_string())];
-        assert_eq!(max_record_bytes(&[]), DEFAULT_MESSAGE_MAX_BYTES);
-        assert_eq!(max_record_bytes(&props("2000000")), 2_000_000);
-        assert_eq!(max_record_bytes(&props("lots")), DEFAULT_MESSAGE_MAX_BYTES);
+    fn the_record_limit_is_the_producers_last_message_max_bytes() {
+        let props = |v: &[&str]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|v| ("message.max.bytes".to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(max_record_bytes(&[]), M);
+        assert_eq!(max_record_bytes(&props(&["2000000"])), 2_000_000);
+        assert_eq!(max_record_bytes(&props(&["5", "3000000"])), 3_000_000);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! the queries ([`read`]).
 //!
 //! Invariants: all SQL runs unchanged on PostgreSQL and CockroachDB (rules
-//! in docs/CLOUD.md); errors say which step failed; [`is_retryable`] is the
-//! one place deciding whether an error is worth retrying.
+//! in docs/CLOUD.md); errors say which step failed. The registry retries
+//! every failed batch with backoff (a conflict, [`DbError::is_conflict`],
+//! keeps the connection); no error class is given up on.
 
 pub mod migrate;
 pub mod read;
@@ -86,11 +87,6 @@ impl DbError {
         }
     }
 
-    /// Whether retrying later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.source_pg().is_some_and(is_retryable)
-    }
-
     /// A unique violation (SQLSTATE 23505).
     pub fn is_unique_violation(&self) -> bool {
         self.source_pg()
@@ -106,22 +102,9 @@ impl DbError {
     }
 }
 
-/// Whether a driver error is transient: connection loss, server shutting
-/// down or not accepting connections, serialization failure (SQLSTATE
-/// 40001, CockroachDB under contention), deadlock, resources. Errors in
-/// the data or the SQL itself are not.
-pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
-    let Some(code) = e.code() else {
-        // No SQLSTATE: I/O, closed connection, connect failure.
-        return true;
-    };
-    let class = code.code().get(..2).unwrap_or_default();
-    matches!(class, "08" | "40" | "53" | "57" | "58") || *code == SqlState::CANNOT_CONNECT_NOW
-}
-
 /// Connects and spawns the connection task; the task ends when the client
 /// is dropped or the connection breaks (then queries fail with a closed
-/// error, which [`is_retryable`]). TLS as the URL's `sslmode` says
+/// error). TLS as the URL's `sslmode` says
 /// ([`tls`]); with TLS there is no fallback to plain TCP. Given up after
 /// `timeout_secs` (TCP, TLS and login together; `database.timeout_secs`).
 pub async fn connect(url: &str, timeout_secs: u64) -> Result<Client, DbError> {

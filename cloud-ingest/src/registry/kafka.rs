@@ -4,13 +4,13 @@
 //! `[kafka.properties]` is applied after the defaults (an operator may
 //! override them) and before the settings the registry's guarantees rest
 //! on, which cannot be overridden (librdkafka aliases such as
-//! `request.required.acks` are renamed first, [`crate::kafka_alias`]):
+//! `request.required.acks` are renamed first, [`crate::kafka_props`]):
 //! consumer `enable.auto.commit=false`,
 //! `enable.auto.offset.store=false`; producer `acks=all`,
 //! `enable.idempotence=true`.
 
 use crate::config::KafkaSettings;
-use crate::kafka_alias::canonical;
+use crate::kafka_props::canonical;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -143,8 +143,6 @@ pub fn command_headers(name: &str) -> OwnedHeaders {
     })
 }
 
-/// librdkafka's default `message.max.bytes`.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// What a dead letter needs besides its key and value, bounded generously:
 /// its five headers with a long reason, and librdkafka's framing.
 const DLQ_OVERHEAD_BYTES: usize = 4096;
@@ -152,10 +150,7 @@ const DLQ_OVERHEAD_BYTES: usize = 4096;
 /// The registry producer's `message.max.bytes` (librdkafka's default
 /// unless `[kafka.properties]` sets it).
 pub fn producer_max_record_bytes(kafka: &KafkaSettings) -> usize {
-    producer_config(kafka)
-        .get("message.max.bytes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    crate::kafka_props::message_max_bytes(producer_config(kafka).get("message.max.bytes"))
 }
 
 /// The value a dead letter carries (pure): the record's own bytes, or

@@ -1,5 +1,5 @@
-//! librdkafka property aliases, shared by the bridge's and the registry's
-//! Kafka clients.
+//! librdkafka properties the bridge's and the registry's Kafka clients
+//! both interpret: alias names, and `message.max.bytes`.
 //!
 //! Invariant: operator properties (`[kafka.properties]`) are renamed to the
 //! names the code uses before they are merged with the defaults and the
@@ -24,9 +24,28 @@ pub fn canonical(key: &str) -> &str {
         .map_or(key, |(_, name)| name)
 }
 
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The largest record a producer with this `message.max.bytes` value
+/// sends (librdkafka's default if unset or unreadable; the config check
+/// has already refused a bad value).
+pub fn message_max_bytes(value: Option<&str>) -> usize {
+    value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_limit_is_message_max_bytes_or_librdkafkas_default() {
+        assert_eq!(message_max_bytes(None), DEFAULT_MESSAGE_MAX_BYTES);
+        assert_eq!(message_max_bytes(Some("2000000")), 2_000_000);
+        assert_eq!(message_max_bytes(Some("lots")), DEFAULT_MESSAGE_MAX_BYTES);
+    }
 
     #[test]
     fn aliases_map_to_their_names_and_other_keys_pass_through() {
