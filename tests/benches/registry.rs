@@ -446,20 +446,28 @@ fn database_only(n: usize) -> Result<()> {
     database_stage(&pg, &envs)?;
     if stats {
         let rows = pg.query(
-            "SELECT calls, round(total_exec_time::numeric, 1), rows, \
-                    left(regexp_replace(query, '\\s+', ' ', 'g'), 70) \
-             FROM pg_stat_statements WHERE query NOT LIKE 'CREATE DATABASE%' \
-             ORDER BY total_exec_time DESC LIMIT 12",
+            "SELECT CASE WHEN d.datname LIKE 'apply_bench_%' \
+                         THEN split_part(d.datname, '_', 3) || ' pipeline(s)' \
+                         ELSE 'COPY baseline' END, \
+                    sum(s.calls), round(sum(s.total_exec_time)::numeric, 1), sum(s.rows), \
+                    left(regexp_replace(s.query, '\\s+', ' ', 'g'), 70) \
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.query NOT LIKE 'CREATE DATABASE%' \
+             GROUP BY 1, 5 HAVING sum(s.total_exec_time) > 20 \
+             ORDER BY 1, 3 DESC",
         )?;
-        println!("pg_stat_statements (all rounds and pipeline counts): calls | total ms | rows | statement");
+        println!(
+            "pg_stat_statements (summed over rounds and pipelines): stage | calls | total ms | rows | statement"
+        );
         for r in rows {
             let col = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
             println!(
-                "  {:>6} | {:>9} | {:>8} | {}",
+                "  {:<13} | {:>6} | {:>9} | {:>8} | {}",
                 col(0),
                 col(1),
                 col(2),
-                col(3)
+                col(3),
+                col(4)
             );
         }
     }
