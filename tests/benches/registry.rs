@@ -392,13 +392,18 @@ fn database_stage(pg: &Postgres, envs: &[Envelope]) -> Result<()> {
     for pipelines in counts {
         let mut ratios = Vec::new();
         for round in 1..=rounds {
+            let server_cpu = || pg.cpu_secs();
+            let before = server_cpu();
             let copy_rate = n as f64 / copy_baseline(pg, envs)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let copy_cpu = server_cpu().zip(before).map(|(b, a)| b - a);
             let a = apply::run(
                 &pg.url(),
                 &format!("apply_bench_{pipelines}_{round}"),
                 envs,
                 pipelines,
                 1000,
+                &server_cpu,
             )?;
             let rate = n as f64 / a.secs;
             println!(
@@ -410,6 +415,17 @@ fn database_stage(pg: &Postgres, envs: &[Envelope]) -> Result<()> {
                 a.busy_secs * 1000.0 / a.batches.max(1) as f64,
                 a.busy_secs,
                 rate / copy_rate,
+            );
+            // CPU per event: what the rate ratio hides on a shared 2-core
+            // machine (COPY is one backend; the stage keeps both cores busy).
+            let per = |secs: Option<f64>| {
+                secs.map_or("?".to_string(), |s| format!("{:.1}", s * 1e6 / n as f64))
+            };
+            println!(
+                "  CPU per event: registry code {} µs, PostgreSQL {} µs; COPY: PostgreSQL {} µs per row",
+                per(a.client_cpu_secs),
+                per(a.server_cpu_secs),
+                per(copy_cpu),
             );
             ratios.push(rate / copy_rate);
         }

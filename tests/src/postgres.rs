@@ -342,6 +342,60 @@ impl Postgres {
     pub fn log_tail(&self) -> String {
         crate::log_tail(&self.log, 40)
     }
+
+    /// CPU seconds (user + system) the server has used so far: the
+    /// postmaster's own and its reaped children's (backends that ended:
+    /// `cutime`/`cstime`), plus its live children's (background workers,
+    /// open backends). A backend's time moves from "live" to "reaped" when
+    /// it exits, so read this a moment after closing connections.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        let pid: i32 = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        let mut ticks = proc_ticks(pid, true)?;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if proc_ppid(child) == Some(pid) {
+                ticks += proc_ticks(child, false).unwrap_or(0.0);
+            }
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Some(ticks / hz.max(1) as f64)
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name (field 3 on).
+fn proc_stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn proc_ppid(pid: i32) -> Option<i32> {
+    proc_stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// utime + stime (fields 14, 15), with `children` also cutime + cstime
+/// (16, 17), in clock ticks.
+fn proc_ticks(pid: i32, children: bool) -> Option<f64> {
+    let f = proc_stat_fields(pid)?;
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    let mut t = field(11)? + field(12)?;
+    if children {
+        t += field(13)? + field(14)?;
+    }
+    Some(t)
 }
 
 fn chown(path: &Path) -> Result<()> {

@@ -25,6 +25,11 @@ pub struct ApplyRun {
     pub batches: usize,
     /// Summed over pipelines: time inside `apply` + COMMIT.
     pub busy_secs: f64,
+    /// CPU seconds of this process (the registry's code: classify, plan,
+    /// encode, the driver) and of the PostgreSQL server while the
+    /// pipelines ran; `None` where `/proc` could not be read.
+    pub client_cpu_secs: Option<f64>,
+    pub server_cpu_secs: Option<f64>,
 }
 
 /// The registry's defaults (`[registry]` resync_min_interval_secs = 60,
@@ -43,6 +48,7 @@ pub fn run(
     envs: &[Envelope],
     pipelines: usize,
     batch: usize,
+    server_cpu: &(dyn Fn() -> Option<f64> + Sync),
 ) -> Result<ApplyRun> {
     let url = admin_url
         .rsplit_once('/')
@@ -73,6 +79,7 @@ pub fn run(
         let client = db::connect(&url, 60).await?;
         migrate::migrate(&client).await?;
         drop(client);
+        let cpu0 = (own_cpu_secs(), server_cpu());
         let started = Instant::now();
         let mut tasks = Vec::new();
         for (partition, stream) in streams.into_iter().enumerate() {
@@ -88,6 +95,11 @@ pub fn run(
             busy += s;
         }
         let secs = started.elapsed().as_secs_f64();
+        let client_cpu = own_cpu_secs().zip(cpu0.0).map(|(b, a)| b - a);
+        // The pipelines' backends exit when their connections close; give
+        // the postmaster a moment to reap them (their time then counts).
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let server_cpu = server_cpu().zip(cpu0.1).map(|(b, a)| b - a);
         let client = db::connect(&url, 60).await?;
         let rows: i64 = client
             .query_one("SELECT count(*) FROM device_events", &[])
@@ -101,6 +113,8 @@ pub fn run(
             secs,
             batches,
             busy_secs: busy,
+            client_cpu_secs: client_cpu,
+            server_cpu_secs: server_cpu,
         })
     })
 }
@@ -173,6 +187,16 @@ async fn pipeline(
         batches += 1;
     }
     Ok((batches, busy))
+}
+
+/// utime + stime of this process, in seconds.
+fn own_cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / hz.max(1) as f64)
 }
 
 fn now_ms() -> u64 {
