@@ -16,26 +16,36 @@
 mod registry_support;
 
 use anyhow::{ensure, Result};
-use rae_protocol::Envelope;
+use rae_protocol::{AttrValue, Envelope, EventKind};
 use registry_support::*;
 use std::time::Duration;
 
 const PARTITIONS: i32 = 4;
 const SESSIONS: usize = 400;
 /// Per session before the second registry joins: 400 × 100 = 40,000
-/// records, about 10,000 per partition, well past what a paused partition
-/// holds (a 2048-record channel, a 1000-record batch, a 1 MiB stash).
+/// records of about 1 KiB ([`PADDING`]), about 10 MiB per partition, past
+/// what a partition buffers before it is paused (a 1 MiB channel, a
+/// 1000-record batch, an 8 MiB stash; all stashes together 32 MiB).
 const BACKLOG: u64 = 100;
+/// A text attribute that makes each envelope about 1 KiB.
+const PADDING: usize = 1000;
 const CONVERGE: Duration = Duration::from_secs(120);
 
 fn changes(s: &mut Session, from: u64, to: u64) -> Vec<Envelope> {
     (from..=to)
         .map(|i| {
-            if i == 1 {
+            let mut e = if i == 1 {
                 s.attached(&[("counter", 1)])
             } else {
                 s.changed(&[("counter", i as i64)])
-            }
+            };
+            let pad = AttrValue::Text("x".repeat(PADDING));
+            match &mut e.kind {
+                EventKind::Attached { attrs } => attrs.insert("padding".into(), pad),
+                EventKind::Changed { set, .. } => set.insert("padding".into(), pad),
+                _ => None,
+            };
+            e
         })
         .collect()
 }

@@ -8,10 +8,12 @@
 //!   and payloads); when the channel is full (the worker
 //!   is behind, or retrying a batch because the database is down) records
 //!   wait in the partition's stash, and once the stash holds more than
-//!   [`STASH_MAX_BYTES`] the partition is paused (resumed below half of
-//!   it), so memory stays bounded while the consumer keeps polling (and
-//!   keeps its group membership). The stash holds a whole partition fetch
-//!   (`max.partition.fetch.bytes`, 1 MiB): pausing makes librdkafka drop
+//!   [`STASH_MAX_BYTES`], or all stashes together more than
+//!   [`STASH_TOTAL_MAX_BYTES`], the partition is paused (resumed once its
+//!   stash is below half of the first and all of them below half of the
+//!   second), so memory stays bounded while the consumer keeps polling (and
+//!   keeps its group membership). The stash holds two partition fetches
+//!   (`max.partition.fetch.bytes`, 4 MiB): pausing makes librdkafka drop
 //!   what it prefetched for the partition and fetch it again, so pausing
 //!   at the first record that does not fit the channel would throw most
 //!   of each fetch away during a backlog;
@@ -60,8 +62,14 @@ const CHANNEL_RECORDS: usize = 2048;
 /// fits, however large.
 const CHANNEL_MAX_BYTES: usize = 1 << 20;
 /// Bytes (keys + payloads) a partition's stash holds before the partition
-/// is paused.
-const STASH_MAX_BYTES: usize = 1 << 20;
+/// is paused: twice the default `max.partition.fetch.bytes` (4 MiB,
+/// `kafka.rs`), so a whole fetch of the partition fits while the previous
+/// one drains into the channel.
+const STASH_MAX_BYTES: usize = 8 << 20;
+/// Bytes all stashes together hold before a partition that receives more
+/// is paused: bounds memory however many partitions are assigned (each
+/// stash may fill while the database is down).
+const STASH_TOTAL_MAX_BYTES: usize = 32 << 20;
 /// How often stashes are moved on into channels when no record arrives.
 const STASH_TICK: Duration = Duration::from_millis(20);
 /// How long shutdown waits for Kafka to confirm the final offset commit
@@ -384,11 +392,21 @@ impl Dispatcher {
             }
             return;
         }
-        if !p.paused && p.stash_bytes > STASH_MAX_BYTES {
+        let own = p.stash_bytes;
+        // Summed only while this partition's records wait (its channel is
+        // full): a few map entries per record during a backlog.
+        let over = !p.paused
+            && (own > STASH_MAX_BYTES || (own > 0 && self.stash_total() > STASH_TOTAL_MAX_BYTES));
+        if let (true, Some(p)) = (over, self.pipelines.get_mut(&tp)) {
             p.paused = true;
             pause(&self.consumer, &tp, true);
             self.metrics.paused_partitions.add(1);
         }
+    }
+
+    /// Keys + payloads in every partition's stash.
+    fn stash_total(&self) -> usize {
+        self.pipelines.values().map(|p| p.stash_bytes).sum()
     }
 
     fn spawn(&mut self, tp: Tp) {
@@ -421,10 +439,16 @@ impl Dispatcher {
     }
 
     fn drain_stashes(&mut self) {
-        for (tp, p) in self.pipelines.iter_mut() {
+        for p in self.pipelines.values_mut() {
             // A closed channel (revoked worker) is retired by handle_revokes.
             p.flush();
-            if p.paused && p.stash_bytes <= STASH_MAX_BYTES / 2 {
+        }
+        let total = self.stash_total();
+        for (tp, p) in self.pipelines.iter_mut() {
+            if p.paused
+                && p.stash_bytes <= STASH_MAX_BYTES / 2
+                && total <= STASH_TOTAL_MAX_BYTES / 2
+            {
                 p.paused = false;
                 pause(&self.consumer, tp, false);
                 self.metrics.paused_partitions.add(-1);

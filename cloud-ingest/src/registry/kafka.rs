@@ -25,18 +25,22 @@ pub const CONSUMER_DEFAULTS: [(&str, &str); 9] = [
     ("auto.offset.reset", "earliest"),
     // Bounded prefetch: librdkafka's default queue (64 MiB) would dominate
     // the registry's memory during a burst. The thresholds apply to the
-    // one consumer queue that all partitions feed.
-    ("queued.max.messages.kbytes", "4096"),
+    // one consumer queue that all partitions feed; 16 MiB holds four
+    // partition fetches.
+    ("queued.max.messages.kbytes", "16384"),
     ("queued.min.messages", "2000"),
     // With thresholds this low, librdkafka's default 1 s pause of a
     // partition's fetches once they are exceeded left the pipelines idle
     // (its documentation says to lower it in that case).
     ("fetch.queue.backoff.ms", "20"),
-    // At most one partition's fetch (1 MiB) per request: fits the
+    // At most one partition's fetch (4 MiB) per request: half the
     // dispatcher's per-partition stash (dispatch::STASH_MAX_BYTES), and
-    // bounds brokers that fill a response from its first partition.
-    ("fetch.max.bytes", "1048576"),
-    ("max.partition.fetch.bytes", "1048576"),
+    // bounds brokers that fill a response from its first partition. 1 MiB
+    // fetches held the registry at about half of what it drained with
+    // 4 MiB during a backlog (docs/BENCHMARKS.md): more fetches, and more
+    // of them answered by a slow broker.
+    ("fetch.max.bytes", "4194304"),
+    ("max.partition.fetch.bytes", "4194304"),
     // Long-poll bound. A broker answers as soon as data is there, so this
     // only matters for idle partitions (10 empty fetches/s instead of 2),
     // and a fetch that carries only idle partitions (the status topic

@@ -191,12 +191,7 @@ async fn pipeline(
 
 /// utime + stime of this process, in seconds.
 fn own_cpu_secs() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks / hz.max(1) as f64)
+    crate::cpu_secs(i32::try_from(std::process::id()).ok()?)
 }
 
 fn now_ms() -> u64 {
