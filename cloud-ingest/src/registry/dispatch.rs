@@ -199,6 +199,19 @@ pub fn offset_jump(expected: Option<i64>, got: i64) -> Option<(i64, i64)> {
     expected.filter(|&e| got > e).map(|e| (e, got))
 }
 
+/// Whether a partition whose stash holds `own` bytes is to be paused, with
+/// `total` the bytes in all stashes (pure; `total` is summed only when
+/// this stash is not empty, i.e. while the partition's channel is full).
+fn over_stash_limit(own: usize, total: impl FnOnce() -> usize) -> bool {
+    own > STASH_MAX_BYTES || (own > 0 && total() > STASH_TOTAL_MAX_BYTES)
+}
+
+/// Whether a paused partition may fetch again: its stash below half of
+/// its limit and all stashes below half of theirs (pure).
+fn may_resume(own: usize, total: usize) -> bool {
+    own <= STASH_MAX_BYTES / 2 && total <= STASH_TOTAL_MAX_BYTES / 2
+}
+
 fn record_bytes(m: &OwnedMessage) -> usize {
     m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)
 }
@@ -392,11 +405,8 @@ impl Dispatcher {
             }
             return;
         }
-        let own = p.stash_bytes;
-        // Summed only while this partition's records wait (its channel is
-        // full): a few map entries per record during a backlog.
-        let over = !p.paused
-            && (own > STASH_MAX_BYTES || (own > 0 && self.stash_total() > STASH_TOTAL_MAX_BYTES));
+        let (own, paused) = (p.stash_bytes, p.paused);
+        let over = !paused && over_stash_limit(own, || self.stash_total());
         if let (true, Some(p)) = (over, self.pipelines.get_mut(&tp)) {
             p.paused = true;
             pause(&self.consumer, &tp, true);
@@ -445,10 +455,7 @@ impl Dispatcher {
         }
         let total = self.stash_total();
         for (tp, p) in self.pipelines.iter_mut() {
-            if p.paused
-                && p.stash_bytes <= STASH_MAX_BYTES / 2
-                && total <= STASH_TOTAL_MAX_BYTES / 2
-            {
+            if p.paused && may_resume(p.stash_bytes, total) {
                 p.paused = false;
                 pause(&self.consumer, tp, false);
                 self.metrics.paused_partitions.add(-1);
@@ -541,6 +548,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use rdkafka::Timestamp;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn one_partition_pauses_above_its_own_stash_limit() {
+        assert!(!over_stash_limit(STASH_MAX_BYTES, || STASH_MAX_BYTES));
+        assert!(over_stash_limit(STASH_MAX_BYTES + 1, || STASH_MAX_BYTES + 1));
+    }
+
+    #[test]
+    fn many_partitions_under_their_own_limit_pause_once_all_stashes_exceed_the_total() {
+        // 8 partitions with 5 MiB each: none over 8 MiB, together 40 MiB.
+        assert!(over_stash_limit(5 * MIB, || 8 * 5 * MIB));
+        assert!(!over_stash_limit(5 * MIB, || 6 * 5 * MIB));
+    }
+
+    #[test]
+    fn a_partition_whose_records_all_went_to_its_channel_is_never_paused() {
+        let mut summed = false;
+        assert!(!over_stash_limit(0, || {
+            summed = true;
+            usize::MAX
+        }));
+        assert!(!summed, "the total is summed only for a waiting stash");
+    }
+
+    #[test]
+    fn a_paused_partition_resumes_only_below_half_of_both_limits() {
+        assert!(may_resume(STASH_MAX_BYTES / 2, STASH_TOTAL_MAX_BYTES / 2));
+        assert!(!may_resume(STASH_MAX_BYTES / 2 + 1, 0));
+        assert!(!may_resume(0, STASH_TOTAL_MAX_BYTES / 2 + 1));
+    }
 
     fn record(offset: i64) -> OwnedMessage {
         OwnedMessage::new(
