@@ -23,12 +23,14 @@ use std::time::Duration;
 const PARTITIONS: i32 = 4;
 const SESSIONS: usize = 400;
 /// Per session before the second registry joins: 400 × 100 = 40,000
-/// records of about 1 KiB ([`PADDING`]), about 10 MiB per partition, past
-/// what a partition buffers before it is paused (a 1 MiB channel, a
-/// 1000-record batch, an 8 MiB stash; all stashes together 32 MiB).
+/// records of about 2.5 KiB ([`PADDING`]), about 25 MiB per partition on
+/// average, well past what a partition buffers before it is paused (a
+/// 1 MiB channel, a 1000-record batch, an 8 MiB stash; all stashes
+/// together 32 MiB). With 1 KiB records (10 MiB per partition) a partition
+/// that got fewer sessions than the others was sometimes never paused.
 const BACKLOG: u64 = 100;
-/// A text attribute that makes each envelope about 1 KiB.
-const PADDING: usize = 1000;
+/// A text attribute that makes each envelope about 2.5 KiB.
+const PADDING: usize = 2500;
 const CONVERGE: Duration = Duration::from_secs(120);
 
 fn changes(s: &mut Session, from: u64, to: u64) -> Vec<Envelope> {
