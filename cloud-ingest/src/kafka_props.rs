@@ -36,6 +36,13 @@ pub fn message_max_bytes(value: Option<&str>) -> usize {
         .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
 }
 
+/// The record limit of a producer built from `config` (both roles: the
+/// bridge routes larger messages to its dead-letter topic, the registry
+/// cuts dead letters to it).
+pub fn record_limit(config: &rdkafka::ClientConfig) -> usize {
+    message_max_bytes(config.get("message.max.bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +52,16 @@ mod tests {
         assert_eq!(message_max_bytes(None), DEFAULT_MESSAGE_MAX_BYTES);
         assert_eq!(message_max_bytes(Some("2000000")), 2_000_000);
         assert_eq!(message_max_bytes(Some("lots")), DEFAULT_MESSAGE_MAX_BYTES);
+    }
+
+    #[test]
+    fn the_record_limit_is_the_producers_last_message_max_bytes() {
+        let mut c = rdkafka::ClientConfig::new();
+        assert_eq!(record_limit(&c), DEFAULT_MESSAGE_MAX_BYTES);
+        c.set("message.max.bytes", "2000000");
+        assert_eq!(record_limit(&c), 2_000_000);
+        c.set("message.max.bytes", "3000000");
+        assert_eq!(record_limit(&c), 3_000_000);
     }
 
     #[test]

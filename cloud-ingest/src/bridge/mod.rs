@@ -116,8 +116,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let k = &settings.kafka;
     let producer_properties = kafka::producer_properties(k);
-    let max_record_bytes = record::max_record_bytes(&producer_properties);
-    let producer: FutureProducer<kafka::QuietContext> = kafka::client_config(&producer_properties)
+    let producer_config = kafka::client_config(&producer_properties);
+    let max_record_bytes = crate::kafka_props::record_limit(&producer_config);
+    let producer: FutureProducer<kafka::QuietContext> = producer_config
         .create_with_context(kafka::QuietContext::default())
         .context("creating the Kafka producer (check [kafka.properties])")?;
     let consumer: StreamConsumer<kafka::QuietContext> =

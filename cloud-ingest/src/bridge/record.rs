@@ -87,17 +87,6 @@ pub fn route(topic: &str, payload_len: usize, max_record_bytes: usize) -> Route 
     }
 }
 
-/// The record limit of a producer with these properties (the last
-/// `message.max.bytes`, [`crate::kafka_props::message_max_bytes`]).
-pub fn max_record_bytes(properties: &[(String, String)]) -> usize {
-    let value = properties
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "message.max.bytes")
-        .map(|(_, v)| v.as_str());
-    crate::kafka_props::message_max_bytes(value)
-}
-
 /// The per-message facts carried in headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
@@ -173,18 +162,6 @@ mod tests {
         );
         // Unknown topics and retained clears are decided first.
         assert_eq!(route("x/y", 2_000_000, M), Route::Skip(Skip::UnknownTopic));
-    }
-
-    #[test]
-    fn the_record_limit_is_the_producers_last_message_max_bytes() {
-        let props = |v: &[&str]| -> Vec<(String, String)> {
-            v.iter()
-                .map(|v| ("message.max.bytes".to_string(), v.to_string()))
-                .collect()
-        };
-        assert_eq!(max_record_bytes(&[]), M);
-        assert_eq!(max_record_bytes(&props(&["2000000"])), 2_000_000);
-        assert_eq!(max_record_bytes(&props(&["5", "3000000"])), 3_000_000);
     }
 
     #[test]

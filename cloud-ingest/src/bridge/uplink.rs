@@ -80,7 +80,7 @@ pub struct Uplink {
     pub status_topic: String,
     /// Where messages too large for a record leave a dead letter.
     pub dlq_topic: String,
-    /// The producer's `message.max.bytes` ([`record::max_record_bytes`]).
+    /// The producer's `message.max.bytes` ([`crate::kafka_props::record_limit`]).
     pub max_record_bytes: usize,
     pub share_group: String,
     pub max_in_flight: usize,

@@ -200,10 +200,10 @@ pub fn offset_jump(expected: Option<i64>, got: i64) -> Option<(i64, i64)> {
 }
 
 /// Whether a partition whose stash holds `own` bytes is to be paused, with
-/// `total` the bytes in all stashes (pure; `total` is summed only when
-/// this stash is not empty, i.e. while the partition's channel is full).
-fn over_stash_limit(own: usize, total: impl FnOnce() -> usize) -> bool {
-    own > STASH_MAX_BYTES || (own > 0 && total() > STASH_TOTAL_MAX_BYTES)
+/// `total` the bytes in all stashes (pure). An empty stash (every record
+/// went on into the channel) never pauses its partition.
+fn over_stash_limit(own: usize, total: usize) -> bool {
+    own > STASH_MAX_BYTES || (own > 0 && total > STASH_TOTAL_MAX_BYTES)
 }
 
 /// Whether a paused partition may fetch again: its stash below half of
@@ -253,6 +253,9 @@ pub struct Dispatcher {
     consumer: Arc<StreamConsumer<RegistryContext>>,
     shared: Shared,
     pipelines: HashMap<Tp, Pipeline>,
+    /// Keys + payloads in all pipelines' stashes (the sum of their
+    /// `stash_bytes`, kept as they change rather than summed per record).
+    stashed: usize,
     workers: JoinSet<()>,
     metrics: RegistryMetrics,
 }
@@ -275,7 +278,9 @@ impl Dispatcher {
                 metrics: metrics.clone(),
             })?;
         consumer.subscribe(&[kafka.events_topic.as_str(), kafka.status_topic.as_str()])?;
-        let producer = Arc::new(SideProducer::new(producer_config(kafka))?);
+        let side_config = producer_config(kafka);
+        let max_record_bytes = crate::kafka_props::record_limit(&side_config);
+        let producer = Arc::new(SideProducer::new(side_config)?);
         let consumer = Arc::new(consumer);
         let r = &settings.registry;
         let shared = Shared {
@@ -293,13 +298,14 @@ impl Dispatcher {
             batch_max_wait: Duration::from_millis(r.batch_max_wait_ms),
             retry_max_backoff: Duration::from_secs(settings.database.retry_max_backoff_secs),
             db_timeout_secs: settings.database.timeout_secs,
-            max_record_bytes: super::kafka::producer_max_record_bytes(kafka),
+            max_record_bytes,
             metrics: metrics.clone(),
         };
         Ok(Dispatcher {
             consumer,
             shared,
             pipelines: HashMap::new(),
+            stashed: 0,
             workers: JoinSet::new(),
             metrics,
         })
@@ -394,29 +400,33 @@ impl Dispatcher {
             }
         }
         p.next_offset = Some(m.offset().saturating_add(1));
-        p.stash_bytes += record_bytes(&m);
+        let bytes = record_bytes(&m);
+        p.stash_bytes += bytes;
         p.stash.push_back(m);
-        if !p.flush() {
+        self.stashed += bytes;
+        let before = p.stash_bytes;
+        let alive = p.flush();
+        self.stashed -= before - p.stash_bytes;
+        if !alive {
             // The worker ended (revoked); the records are redelivered.
-            if let Some(p) = self.pipelines.remove(&tp) {
-                if p.paused {
-                    self.metrics.paused_partitions.add(-1);
-                }
-            }
+            self.retire(&tp);
             return;
         }
-        let (own, paused) = (p.stash_bytes, p.paused);
-        let over = !paused && over_stash_limit(own, || self.stash_total());
-        if let (true, Some(p)) = (over, self.pipelines.get_mut(&tp)) {
+        if !p.paused && over_stash_limit(p.stash_bytes, self.stashed) {
             p.paused = true;
             pause(&self.consumer, &tp, true);
             self.metrics.paused_partitions.add(1);
         }
     }
 
-    /// Keys + payloads in every partition's stash.
-    fn stash_total(&self) -> usize {
-        self.pipelines.values().map(|p| p.stash_bytes).sum()
+    /// Forgets a partition's pipeline and its stash; returns it.
+    fn retire(&mut self, tp: &Tp) -> Option<Pipeline> {
+        let p = self.pipelines.remove(tp)?;
+        self.stashed -= p.stash_bytes;
+        if p.paused {
+            self.metrics.paused_partitions.add(-1);
+        }
+        Some(p)
     }
 
     fn spawn(&mut self, tp: Tp) {
@@ -451,9 +461,11 @@ impl Dispatcher {
     fn drain_stashes(&mut self) {
         for p in self.pipelines.values_mut() {
             // A closed channel (revoked worker) is retired by handle_revokes.
+            let before = p.stash_bytes;
             p.flush();
+            self.stashed -= before - p.stash_bytes;
         }
-        let total = self.stash_total();
+        let total = self.stashed;
         for (tp, p) in self.pipelines.iter_mut() {
             if p.paused && may_resume(p.stash_bytes, total) {
                 p.paused = false;
@@ -473,11 +485,8 @@ impl Dispatcher {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for tp in revoked {
-            if let Some(p) = self.pipelines.remove(&tp) {
+            if let Some(p) = self.retire(&tp) {
                 let _ = p.stop.send(Stop::Revoked);
-                if p.paused {
-                    self.metrics.paused_partitions.add(-1);
-                }
             }
         }
     }
@@ -553,25 +562,20 @@ mod tests {
 
     #[test]
     fn one_partition_pauses_above_its_own_stash_limit() {
-        assert!(!over_stash_limit(STASH_MAX_BYTES, || STASH_MAX_BYTES));
-        assert!(over_stash_limit(STASH_MAX_BYTES + 1, || STASH_MAX_BYTES + 1));
+        assert!(!over_stash_limit(STASH_MAX_BYTES, STASH_MAX_BYTES));
+        assert!(over_stash_limit(STASH_MAX_BYTES + 1, STASH_MAX_BYTES + 1));
     }
 
     #[test]
     fn many_partitions_under_their_own_limit_pause_once_all_stashes_exceed_the_total() {
         // 8 partitions with 5 MiB each: none over 8 MiB, together 40 MiB.
-        assert!(over_stash_limit(5 * MIB, || 8 * 5 * MIB));
-        assert!(!over_stash_limit(5 * MIB, || 6 * 5 * MIB));
+        assert!(over_stash_limit(5 * MIB, 8 * 5 * MIB));
+        assert!(!over_stash_limit(5 * MIB, 6 * 5 * MIB));
     }
 
     #[test]
     fn a_partition_whose_records_all_went_to_its_channel_is_never_paused() {
-        let mut summed = false;
-        assert!(!over_stash_limit(0, || {
-            summed = true;
-            usize::MAX
-        }));
-        assert!(!summed, "the total is summed only for a waiting stash");
+        assert!(!over_stash_limit(0, usize::MAX));
     }
 
     #[test]

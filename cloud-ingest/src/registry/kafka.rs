@@ -151,12 +151,6 @@ pub fn command_headers(name: &str) -> OwnedHeaders {
 /// its five headers with a long reason, and librdkafka's framing.
 const DLQ_OVERHEAD_BYTES: usize = 4096;
 
-/// The registry producer's `message.max.bytes` (librdkafka's default
-/// unless `[kafka.properties]` sets it).
-pub fn producer_max_record_bytes(kafka: &KafkaSettings) -> usize {
-    crate::kafka_props::message_max_bytes(producer_config(kafka).get("message.max.bytes"))
-}
-
 /// The value a dead letter carries (pure): the record's own bytes, or
 /// their first part when the dead letter would not fit a record of
 /// `max_record_bytes` (a record another producer wrote near the broker's
