@@ -6,7 +6,8 @@
 //! - the wire form is one CBOR map with text keys (see `docs/PROTOCOL.md`);
 //!   attribute values are native CBOR text, integer, bool and float items;
 //! - [`Envelope::decode`] never panics: any input either decodes or yields a
-//!   precise [`DecodeError`]; it reads exactly one CBOR item;
+//!   precise [`DecodeError`]; it reads exactly one CBOR item; its fast path
+//!   (`fast`) decodes exactly as the general one or declines;
 //! - unknown map keys are ignored (forward compatibility), an unknown kind is
 //!   [`DecodeError::UnknownKind`], a schema newer than [`SCHEMA_VERSION`] is
 //!   [`DecodeError::UnsupportedSchema`];
@@ -14,6 +15,7 @@
 //!   lowercase hyphenated UUID on the wire.
 
 mod attr;
+mod fast;
 mod wire;
 
 pub use attr::AttrValue;
@@ -143,10 +145,22 @@ impl Envelope {
     }
 
     /// Decodes one envelope from the first CBOR item of `bytes`.
+    ///
+    /// The usual shape is read by a direct parser (`fast`); anything else,
+    /// including every malformed input, goes through ciborium's serde
+    /// decoder, which words the error. Both build the same wire struct,
+    /// validated by one function.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let raw: wire::WireIn = ciborium::de::from_reader_with_recursion_limit(bytes, MAX_NESTING)
-            .map_err(cbor_error)?;
+        let raw = match fast::parse(bytes) {
+            Some(raw) => raw,
+            None => Self::decode_general(bytes)?,
+        };
         raw.into_envelope()
+    }
+
+    /// The envelope's CBOR as its wire struct, by ciborium's serde decoder.
+    fn decode_general(bytes: &[u8]) -> Result<wire::WireIn, DecodeError> {
+        ciborium::de::from_reader_with_recursion_limit(bytes, MAX_NESTING).map_err(cbor_error)
     }
 
     /// The MQTT topic this envelope is published on.

@@ -64,31 +64,33 @@ impl<'a> From<&'a Envelope> for WireOut<'a> {
     }
 }
 
-/// Owned, permissive shape read by [`Envelope::decode`].
-#[derive(Deserialize)]
+/// Owned, permissive shape read by [`Envelope::decode`], from either
+/// decoder (the general one here, or `super::fast`).
+#[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(super) struct WireIn {
     #[serde(default)]
-    v: Option<u64>,
+    pub(super) v: Option<u64>,
     #[serde(default)]
-    rae_id: Option<String>,
+    pub(super) rae_id: Option<String>,
     #[serde(default)]
-    device_id: Option<String>,
+    pub(super) device_id: Option<String>,
     #[serde(default)]
-    session_id: Option<String>,
+    pub(super) session_id: Option<String>,
     #[serde(default)]
-    seq: Option<u64>,
+    pub(super) seq: Option<u64>,
     #[serde(default)]
-    ts: Option<u64>,
+    pub(super) ts: Option<u64>,
     #[serde(default)]
-    kind: Option<String>,
+    pub(super) kind: Option<String>,
     #[serde(default)]
-    attrs: Option<Attrs>,
+    pub(super) attrs: Option<Attrs>,
     #[serde(default)]
-    set: Option<Attrs>,
+    pub(super) set: Option<Attrs>,
     #[serde(default)]
-    removed: Option<Vec<String>>,
+    pub(super) removed: Option<Vec<String>>,
     #[serde(default)]
-    reason: Option<String>,
+    pub(super) reason: Option<String>,
 }
 
 fn required<T>(
