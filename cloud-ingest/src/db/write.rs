@@ -226,7 +226,7 @@ pub async fn apply(
 ) -> Result<(Plan, usize), DbError> {
     let loaded = load_sessions(tx, st, &sessions_needed(items)).await?;
     let (plan, covered) = plan_with_deferral(items, &loaded, now_ms, policy, defer);
-    write_plan(tx, st, &plan, policy, history).await?;
+    write_plan(tx, st, items, &plan, policy, history).await?;
     Ok((plan, covered))
 }
 
@@ -279,10 +279,12 @@ pub async fn load_sessions(
     Ok(out)
 }
 
-/// Writes everything `plan` decided.
+/// Writes everything `plan` decided; `items` are the records it planned
+/// (history rows store their raw values).
 pub async fn write_plan(
     tx: &Transaction<'_>,
     st: &Statements,
+    items: &[Item],
     plan: &Plan,
     policy: &Policy,
     history: HistoryInsert,
@@ -290,7 +292,7 @@ pub async fn write_plan(
     write_sessions(tx, st, plan).await?;
     write_devices(tx, st, plan).await?;
     write_attributes(tx, st, plan).await?;
-    write_history(tx, st, plan, policy, history).await?;
+    write_history(tx, st, items, plan, policy, history).await?;
     write_boxes(tx, st, plan).await
 }
 
@@ -399,6 +401,7 @@ async fn write_attributes(
 async fn write_history(
     tx: &Transaction<'_>,
     st: &Statements,
+    items: &[Item],
     plan: &Plan,
     policy: &Policy,
     mode: HistoryInsert,
@@ -414,7 +417,7 @@ async fn write_history(
         let q: Vec<i64> = h.iter().map(|r| to_i64(r.seq)).collect();
         let k: Vec<&str> = h.iter().map(|r| r.kind).collect();
         let ts: Vec<i64> = h.iter().map(|r| to_i64(r.ts_ms)).collect();
-        let env: Vec<&[u8]> = h.iter().map(|r| r.envelope.as_slice()).collect();
+        let env: Vec<&[u8]> = h.iter().map(|r| items[r.item].raw.as_slice()).collect();
         let p: Vec<i64> = h.iter().map(|r| i64::from(r.partition)).collect();
         let o: Vec<i64> = h.iter().map(|r| r.offset).collect();
         tx.execute(statement, &[&s, &q, &k, &ts, &env, &p, &o])

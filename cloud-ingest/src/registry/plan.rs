@@ -82,7 +82,9 @@ pub struct HistoryRow {
     pub ts_ms: u64,
     pub partition: i32,
     pub offset: i64,
-    pub envelope: Vec<u8>,
+    /// Index of the record in the planned items: its raw value is the
+    /// stored envelope (not copied into the plan).
+    pub item: usize,
 }
 
 /// A resync to ask for (docs/PROTOCOL.md §6).
@@ -201,7 +203,9 @@ pub fn plan_batch(
     policy: &Policy,
 ) -> Plan {
     let mut plan = Plan::default();
-    let mut state: HashMap<Uuid, Option<SessionState>> = HashMap::new();
+    // Each session's state as the batch goes; `touched` once the batch
+    // changed it (it then goes into `plan.sessions`, at the end).
+    let mut state: HashMap<Uuid, Slot> = HashMap::new();
     let order = visit_order(items);
     plan.counts.reordered = order
         .iter()
@@ -240,23 +244,36 @@ pub fn plan_batch(
                 );
             }
             Classified::Event(env) => {
-                let slot = state
-                    .entry(env.session_id)
-                    .or_insert_with(|| loaded.get(&env.session_id).cloned());
+                let slot = state.entry(env.session_id).or_insert_with(|| Slot {
+                    state: loaded.get(&env.session_id).cloned(),
+                    touched: false,
+                });
                 let gaps = plan.counts.gaps;
-                apply_event(&mut plan, slot, env, item, now_ms, policy);
+                slot.touched |=
+                    apply_event(&mut plan, &mut slot.state, env, index, item, now_ms, policy);
                 if plan.counts.gaps > gaps {
                     plan.first_gap = Some(plan.first_gap.map_or(index, |g| g.min(index)));
                 }
-                if !loaded.contains_key(&env.session_id)
-                    && plan.sessions.contains_key(&env.session_id)
-                {
+                if slot.touched && !loaded.contains_key(&env.session_id) {
                     note_device(&mut plan, env);
                 }
             }
         }
     }
+    plan.sessions = state
+        .into_iter()
+        .filter(|(_, slot)| slot.touched)
+        .filter_map(|(id, slot)| Some((id, slot.state?)))
+        .collect();
     plan
+}
+
+/// One session while [`plan_batch`] goes through a batch.
+struct Slot {
+    /// Its state (`None`: unknown, nothing stored or planned yet).
+    state: Option<SessionState>,
+    /// Whether the batch changed it (applied an envelope or saw a gap).
+    touched: bool,
 }
 
 /// [`plan_batch`], except that a gap in the batch's tail may wait for the
@@ -352,14 +369,17 @@ fn new_session(env: &Envelope) -> SessionState {
     }
 }
 
+/// Applies one envelope to its session's `slot` and the plan; returns
+/// whether the session changed.
 fn apply_event(
     plan: &mut Plan,
     slot: &mut Option<SessionState>,
     env: &Envelope,
+    index: usize,
     item: &Item,
     now_ms: u64,
     policy: &Policy,
-) {
+) -> bool {
     let last = slot.as_ref().map(|s| s.last_seq).filter(|&l| l > 0);
     let is_checkpoint = matches!(env.kind, EventKind::Checkpoint { .. });
     let apply = if is_checkpoint {
@@ -387,14 +407,13 @@ fn apply_event(
                         session_id: env.session_id,
                     });
                 }
-                plan.sessions.insert(env.session_id, s.clone());
-                return;
+                return true;
             }
         }
     };
     if !apply {
         plan.counts.duplicates += 1;
-        return;
+        return false;
     }
     plan.counts.applied += 1;
     if slot.as_ref().is_some_and(|s| env.seq <= s.last_seq) {
@@ -430,7 +449,6 @@ fn apply_event(
             s.end_reason = Some(reason.clone());
         }
     }
-    plan.sessions.insert(env.session_id, s.clone());
     plan.history.push(HistoryRow {
         session_id: env.session_id,
         seq: env.seq,
@@ -438,8 +456,9 @@ fn apply_event(
         ts_ms: env.ts_ms,
         partition: item.partition,
         offset: item.offset,
-        envelope: item.raw.clone(),
+        item: index,
     });
+    true
 }
 
 fn note_device(plan: &mut Plan, env: &Envelope) {
