@@ -12,7 +12,7 @@ mod registry_support;
 
 use anyhow::{ensure, Result};
 use rae_tests::mosquitto::Mosquitto;
-use registry_support::{check_complete, wait, Cloud, Session};
+use registry_support::{check_complete, check_history_envelopes, wait, Cloud, Session};
 use std::time::Duration;
 
 /// Odd: with two bridges taking turns, a session's next envelope goes
@@ -76,6 +76,11 @@ fn two_bridges_reorder_a_session_and_the_registry_applies_it_in_seq_order_withou
             .find_map(|s| check_complete(&cloud.pg, &s.id, last).err());
         anyhow::anyhow!("{e}: {first_bad:?}\nregistry log:\n{}", registry.log_tail())
     })?;
+    // Reordered envelopes are planned out of offset order: each history
+    // row must still hold its own envelope.
+    for s in &sessions {
+        check_history_envelopes(&cloud.pg, &s.id)?;
+    }
     let took: Vec<i64> = bridges
         .iter()
         .map(|b| b.metric("rae_bridge_messages_in_total").unwrap_or(0))

@@ -64,6 +64,7 @@ fn a_database_connection_cut_mid_stream_is_given_up_after_the_timeout_and_nothin
     .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))?;
     for s in &sessions {
         check_complete(&cloud.pg, &s.id, 100)?;
+        check_history_envelopes(&cloud.pg, &s.id)?;
     }
     let log = reg.log_text();
     ensure!(

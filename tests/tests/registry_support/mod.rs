@@ -265,6 +265,41 @@ pub fn check_complete(pg: &Postgres, session_id: &Uuid, last: u64) -> Result<()>
     Ok(())
 }
 
+/// Checks that every history row of `session_id` stores the envelope of
+/// its own session and seq (the registry writes each row's bytes from
+/// the record it planned it from).
+pub fn check_history_envelopes(pg: &Postgres, session_id: &Uuid) -> Result<()> {
+    let rows = pg.query(&format!(
+        "SELECT seq::text, encode(envelope, 'hex') FROM device_events \
+         WHERE session_id = '{session_id}'"
+    ))?;
+    for row in rows {
+        let (Some(seq), Some(hex)) = (&row[0], &row[1]) else {
+            anyhow::bail!("session {session_id}: a history row without seq or envelope");
+        };
+        let env = Envelope::decode(&from_hex(hex)?)
+            .with_context(|| format!("session {session_id}: history row {seq}"))?;
+        ensure!(
+            env.session_id == *session_id && env.seq.to_string() == *seq,
+            "session {session_id}: history row {seq} stores the envelope of session {} seq {}",
+            env.session_id,
+            env.seq
+        );
+    }
+    Ok(())
+}
+
+fn from_hex(hex: &str) -> Result<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .with_context(|| format!("not hex at {i}: {hex}"))
+        })
+        .collect()
+}
+
 pub fn send_retrying(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
