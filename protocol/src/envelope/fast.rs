@@ -162,8 +162,9 @@ impl<'a> Cursor<'a> {
 }
 
 /// An IEEE 754 half float as `f64`, exactly; declines NaN (whose payload
-/// the general decoder's conversion keeps its own way).
-fn half_to_f64(bits: u16) -> Option<f64> {
+/// the general decoder's conversion keeps its own way). Also used by the
+/// tests' CBOR annotator.
+pub(super) fn half_to_f64(bits: u16) -> Option<f64> {
     let sign = if bits & 0x8000 == 0 { 1.0 } else { -1.0 };
     let exp = i32::from((bits >> 10) & 0x1f);
     let mantissa = f64::from(bits & 0x3ff);

@@ -101,15 +101,8 @@ fn diag(value: &Value, depth: usize, out: &mut String) {
 }
 
 fn f16_to_f64(bits: u64) -> f64 {
-    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = i32::try_from((bits >> 10) & 0x1f).expect("5 bits");
-    let mant = (bits & 0x3ff) as f64;
-    sign * match exp {
-        0 => mant * 2f64.powi(-24),
-        31 if mant == 0.0 => f64::INFINITY,
-        31 => f64::NAN,
-        _ => (1024.0 + mant) * 2f64.powi(exp - 25),
-    }
+    let half = u16::try_from(bits).expect("a float16 argument has 2 bytes");
+    crate::envelope::fast::half_to_f64(half).unwrap_or(f64::NAN)
 }
 
 /// Annotated hex dump in the style of RFC 8949 appendix A, for the subset
