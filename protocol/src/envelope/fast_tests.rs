@@ -124,6 +124,22 @@ proptest! {
             prop_assert_eq!(Some(fast), general(&bytes));
         }
     }
+
+    /// Random bytes alone almost never get past the first map entry; a
+    /// valid envelope's head with a random tail reaches every field.
+    #[test]
+    fn a_valid_head_with_a_random_tail_is_decoded_as_the_general_decoder_does_or_declined(
+        env in envelope(),
+        cut in any::<prop::sample::Index>(),
+        tail in prop::collection::vec(any::<u8>(), 0..32),
+    ) {
+        let mut bytes = env.encode().expect("encodes");
+        bytes.truncate(cut.index(bytes.len()));
+        bytes.extend_from_slice(&tail);
+        if let Some(fast) = parse(&bytes) {
+            prop_assert_eq!(Some(fast), general(&bytes), "bytes {:02x?}", bytes);
+        }
+    }
 }
 
 /// A minimal changed envelope whose `set` holds one attribute `x` with the
@@ -205,4 +221,13 @@ fn shapes_it_does_not_handle_are_declined_for_the_general_decoder() {
     // Not a map at all, or empty input.
     assert!(parse(&[0x80]).is_none());
     assert!(parse(&[]).is_none());
+}
+
+#[test]
+fn a_repeated_key_is_declined_for_the_general_decoder_to_report() {
+    let mut bytes = with_attr_item(&[0xf4]);
+    bytes[0] += 1; // one more map entry: `seq` again
+    bytes.extend_from_slice(&[0x63, b's', b'e', b'q', 0x05]);
+    assert!(parse(&bytes).is_none());
+    assert!(general(&bytes).is_none(), "the general decoder reports it");
 }
