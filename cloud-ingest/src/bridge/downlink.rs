@@ -8,10 +8,15 @@
 //! header `command` = command name, value = the command's MQTT payload
 //! (absent = empty).
 //!
-//! Invariants: one command at a time; its offset is stored only after its
-//! PUBACK (auto-commit then commits stored offsets; shutdown commits
-//! synchronously), so a crash redelivers it (agents treat commands as
-//! at-least-once). The current command is never skipped: its MQTT topic and
+//! Invariants: one command at a time; its offset is stored and committed
+//! (asynchronously) only after its PUBACK, and shutdown commits the stored
+//! offsets synchronously, so a crash redelivers it (agents treat commands
+//! as at-least-once). Nothing else commits: no auto-commit, whose timer
+//! and lost-assignment commits would send, after a broker restart that
+//! lost the log, the old log's position to the new broker, which then
+//! hands that position to the rejoined group and the new log's first
+//! commands are never read (seen with memory Tansu, which accepts a commit
+//! from a member it does not know). The current command is never skipped: its MQTT topic and
 //! payload are kept until its PUBACK, and it is published again at each
 //! CONNACK that finds it lost, i.e. when the broker kept no session (always
 //! with this clean-session connection; rumqttc then drops its unacknowledged
@@ -25,6 +30,7 @@ use super::BridgeMetrics;
 use rae_protocol::topic::command_topic;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -250,11 +256,26 @@ impl Downlink {
         }
     }
 
+    /// Stores the offset after `offset` (for the shutdown commit) and
+    /// commits it now, asynchronously (a failure is logged by the
+    /// context; the command is then delivered again after a restart).
     fn store(&self, topic: &str, partition: i32, offset: i64) {
         if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
             log::warn!(
                 "downlink: cannot store offset {offset} of {topic}/{partition} (revoked?): {e}; \
                  the command may be delivered again"
+            );
+            return;
+        }
+        let mut next = TopicPartitionList::new();
+        let committed = next
+            .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+            .and_then(|()| self.consumer.commit(&next, CommitMode::Async));
+        if let Err(e) = committed {
+            log::warn!(
+                "downlink: cannot commit offset {} of {topic}/{partition}: {e}; \
+                 the command may be delivered again",
+                offset + 1
             );
         }
     }

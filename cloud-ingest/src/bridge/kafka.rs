@@ -7,15 +7,21 @@
 //! - producer: `acks=all`, `enable.idempotence=true` (with librdkafka's
 //!   own retries this keeps each partition in order and free of
 //!   duplicates from internal retries);
-//! - consumer: `enable.auto.offset.store=false` (an offset is stored only
-//!   after the command's PUBACK; auto-commit then commits stored offsets).
+//! - consumer: `enable.auto.offset.store=false` and
+//!   `enable.auto.commit=false`: the downlink stores and commits a
+//!   command's offset itself, right after its PUBACK, and nothing else
+//!   commits (auto-commit would also commit from a timer deferred through
+//!   a broker outage, and when an assignment is lost: on a broker that
+//!   lost its log that offset points into the new log, past commands
+//!   never read; `bridge::downlink`).
 
 use crate::config::KafkaSettings;
 use crate::kafka_props::canonical;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::TopicPartitionList;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -68,7 +74,26 @@ impl ClientContext for QuietContext {
     }
 }
 
-impl ConsumerContext for QuietContext {}
+impl ConsumerContext for QuietContext {
+    /// A failed commit of the downlink's offsets is a warning (the
+    /// commands after the last committed offset are delivered again after a
+    /// restart); "no offset to commit" is not a failure.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) | Ok(()) => {}
+            Err(e) => {
+                let line = format!("Kafka offset commit failed: {e}");
+                if self.fresh(&line) {
+                    log::warn!(
+                        "{line} ({} partition(s)); the commands after the last committed offset \
+                         are delivered again after a restart",
+                        offsets.count()
+                    );
+                }
+            }
+        }
+    }
+}
 
 /// Producer defaults an operator may override in `[kafka.properties]`.
 /// `message.timeout.ms` (alias `delivery.timeout.ms`) is finite so that an
@@ -86,13 +111,13 @@ pub const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
 
 const PRODUCER_FIXED: [(&str, &str); 2] = [("acks", "all"), ("enable.idempotence", "true")];
 
-const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
-    ("auto.offset.reset", "earliest"),
-    ("enable.auto.commit", "true"),
-    ("log_level", "4"),
-];
+const CONSUMER_DEFAULTS: [(&str, &str); 2] =
+    [("auto.offset.reset", "earliest"), ("log_level", "4")];
 
-const CONSUMER_FIXED: [(&str, &str); 1] = [("enable.auto.offset.store", "false")];
+const CONSUMER_FIXED: [(&str, &str); 2] = [
+    ("enable.auto.offset.store", "false"),
+    ("enable.auto.commit", "false"),
+];
 
 /// Properties librdkafka warns about when given to the other client type;
 /// they are left out of that client's list.
@@ -209,13 +234,15 @@ mod tests {
     }
 
     #[test]
-    fn the_consumer_stores_offsets_only_by_hand_and_skips_producer_properties() {
+    fn the_consumer_stores_and_commits_offsets_only_by_hand_and_skips_producer_properties() {
         let p = last(&consumer_properties(&settings(&[
             ("enable.auto.offset.store", "true"),
+            ("enable.auto.commit", "true"),
             ("linger.ms", "50"),
             ("security.protocol", "SSL"),
         ])));
         assert_eq!(p["enable.auto.offset.store"], "false");
+        assert_eq!(p["enable.auto.commit"], "false");
         assert_eq!(p["group.id"], "rae-bridge");
         assert!(!p.contains_key("linger.ms"));
         assert_eq!(p["security.protocol"], "SSL");
