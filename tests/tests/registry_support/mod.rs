@@ -478,6 +478,20 @@ impl Session {
         })
     }
 
+    /// A change that sets `pairs` and removes `removed`.
+    pub fn changed_removing(&mut self, pairs: &[(&str, i64)], removed: &[&str]) -> Envelope {
+        self.take(EventKind::Changed {
+            set: attrs(pairs),
+            removed: removed.iter().map(|r| r.to_string()).collect(),
+        })
+    }
+
+    pub fn detached(&mut self, reason: &str) -> Envelope {
+        self.take(EventKind::Detached {
+            reason: reason.into(),
+        })
+    }
+
     pub fn checkpoint(&mut self, pairs: &[(&str, i64)]) -> Envelope {
         self.take(EventKind::Checkpoint {
             attrs: attrs(pairs),
