@@ -2,7 +2,8 @@
 //! write a [`Plan`] in the same transaction.
 //!
 //! Invariants: each kind of row is written with one statement per batch
-//! (arrays bound as parameters and expanded with `unnest`), so a batch
+//! (arrays bound as parameters and expanded by one `unnest` per array in
+//! the select list, docs/CLOUD.md SQL rule 4), so a batch
 //! costs a fixed number of round trips; every write is an idempotent
 //! `INSERT … ON CONFLICT` or a keyed `DELETE`, except history rows the
 //! plan knows to be new (a plain `INSERT`; should one exist after all, the
@@ -145,10 +146,9 @@ const LOAD_SESSIONS_SQL: &str =
 
 const SESSIONS_SQL: &str = "INSERT INTO device_sessions (session_id, rae_id, device_id, last_seq, stale,
              stale_expected, stale_got, last_resync_ms, started_ms, ended_ms, end_reason, updated_at)
-         SELECT s, r, d, l, st, se, sg, lr, sm, em, er, now()
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
-              AS t(s, r, d, l, st, se, sg, lr, sm, em, er)
+         SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::text[]), unnest($4::bigint[]),
+                unnest($5::bool[]), unnest($6::bigint[]), unnest($7::bigint[]), unnest($8::bigint[]),
+                unnest($9::bigint[]), unnest($10::bigint[]), unnest($11::text[]), now()
          ON CONFLICT (session_id) DO UPDATE SET
              last_seq = excluded.last_seq, stale = excluded.stale,
              stale_expected = excluded.stale_expected, stale_got = excluded.stale_got,
@@ -159,8 +159,7 @@ const SESSIONS_SQL: &str = "INSERT INTO device_sessions (session_id, rae_id, dev
 
 const DEVICES_SQL: &str =
     "INSERT INTO devices (rae_id, device_id, current_session_id, first_seen_at, updated_at)
-         SELECT r, d, s, now(), now()
-         FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(r, d, s)
+         SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::uuid[]), now(), now()
          ON CONFLICT (rae_id, device_id) DO UPDATE SET
              current_session_id = excluded.current_session_id, updated_at = excluded.updated_at
          WHERE devices.current_session_id <= excluded.current_session_id";
@@ -168,19 +167,19 @@ const DEVICES_SQL: &str =
 const ATTRS_REPLACE_SQL: &str = "DELETE FROM device_attributes WHERE session_id = ANY($1)";
 
 const ATTRS_REMOVE_SQL: &str = "DELETE FROM device_attributes WHERE (session_id, name) IN
-                 (SELECT s, n FROM unnest($1::uuid[], $2::text[]) AS t(s, n))";
+                 (SELECT unnest($1::uuid[]), unnest($2::text[]))";
 
-const ATTRS_WRITE_SQL: &str = "INSERT INTO device_attributes (session_id, name, value_type, value, updated_seq, updated_at)
-             SELECT s, n, t, v, q, now()
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS x(s, n, t, v, q)
+const ATTRS_WRITE_SQL: &str =
+    "INSERT INTO device_attributes (session_id, name, value_type, value, updated_seq, updated_at)
+             SELECT unnest($1::uuid[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]),
+                    unnest($5::bigint[]), now()
              ON CONFLICT (session_id, name) DO UPDATE SET
                  value_type = excluded.value_type, value = excluded.value,
                  updated_seq = excluded.updated_seq, updated_at = excluded.updated_at";
 
 const HISTORY_SQL: &str = "INSERT INTO device_events (session_id, seq, kind, ts_ms, envelope, kafka_partition, kafka_offset, recorded_at)
-             SELECT s, q, k, ts, e, p, o, now()
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[], $7::bigint[])
-                  AS x(s, q, k, ts, e, p, o)
+             SELECT unnest($1::uuid[]), unnest($2::bigint[]), unnest($3::text[]), unnest($4::bigint[]),
+                    unnest($5::bytea[]), unnest($6::bigint[]), unnest($7::bigint[]), now()
              ON CONFLICT (session_id, seq) DO NOTHING";
 
 /// [`HISTORY_SQL`] without `ON CONFLICT`, for a batch whose rows are all
@@ -188,13 +187,12 @@ const HISTORY_SQL: &str = "INSERT INTO device_events (session_id, seq, kind, ts_
 /// conflict check per row (about a third of the statement's time,
 /// docs/BENCHMARKS.md).
 const HISTORY_NEW_SQL: &str = "INSERT INTO device_events (session_id, seq, kind, ts_ms, envelope, kafka_partition, kafka_offset, recorded_at)
-             SELECT s, q, k, ts, e, p, o, now()
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[], $7::bigint[])
-                  AS x(s, q, k, ts, e, p, o)";
+             SELECT unnest($1::uuid[]), unnest($2::bigint[]), unnest($3::text[]), unnest($4::bigint[]),
+                    unnest($5::bytea[]), unnest($6::bigint[]), unnest($7::bigint[]), now()";
 
 const HISTORY_TRIM_SQL: &str = "DELETE FROM device_events WHERE (session_id, seq) IN
                  (SELECT e.session_id, e.seq FROM device_events e
-                  JOIN unnest($1::uuid[], $2::bigint[]) AS t(s, keep_after)
+                  JOIN (SELECT unnest($1::uuid[]) AS s, unnest($2::bigint[]) AS keep_after) AS t
                     ON e.session_id = t.s AND e.seq <= t.keep_after)";
 
 const BOXES_SQL: &str = "INSERT INTO boxes (rae_id, online, agent_version, started_ms, boot_count,
