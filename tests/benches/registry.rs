@@ -6,12 +6,14 @@
 //! cargo build --release -p rae-cloud-ingest
 //! cargo bench -p rae-tests --bench registry            # 100k throughput + 100k/1M burst
 //! RAE_BENCH_BURST_MAX=100000 cargo bench -p rae-tests --bench registry   # skip the 1M run
-//! RAE_BENCH_PRELOAD_BATCH=200 …   # Kafka record batches of up to 200 records (default 1)
+//! RAE_BENCH_PRELOAD_BATCH=100 …   # bridge-shaped record batches of up to 100 records (default 250)
 //! ```
 //!
 //! 1. Throughput: N envelopes (1000 sessions, attached + changes) are
 //!    pre-loaded into Kafka (4 partitions), the registry is started, and
-//!    the time until every history row is in PostgreSQL is measured. The
+//!    the time until every history row is in PostgreSQL is measured;
+//!    twice, on a fresh broker each: with one record per Kafka record
+//!    batch, then with batches as the bridge makes them (`Batching`). The
 //!    baseline is a binary COPY of the same N history rows into a scratch
 //!    table of the same shape, in the same PostgreSQL, in the same run.
 //!    Then the registry's database stage alone (its own classify/apply/
@@ -52,24 +54,56 @@ fn envelopes(sessions: usize, per_session: u64) -> Vec<Envelope> {
     out
 }
 
-/// Pre-loads `envs`, one record per Kafka record batch unless
-/// `RAE_BENCH_PRELOAD_BATCH=N` asks for batches of up to N records (as
-/// the bridge's `linger.ms = 5` produces them). Tansu 0.6.0 answers a fetch
-/// from an offset inside a multi-record batch with the *next* batch, so a
-/// registry that pauses a partition (and resumes inside a batch) skips
-/// records there; the drain then stops with the gap count.
-fn preload(cloud: &Cloud, envs: &[Envelope]) -> Result<Duration> {
+/// How the bench's producer batches the records it pre-loads.
+#[derive(Clone, Copy)]
+enum Batching {
+    /// One record per Kafka record batch: what a bridge fed slowly
+    /// produces, and the worst case for Tansu's `memory://` engine, which
+    /// lists every stored batch of a partition on each fetch. The burst
+    /// runs use it: the registry pauses partitions there, and Tansu 0.6.0
+    /// answers a fetch from an offset inside a multi-record batch with the
+    /// *next* batch, so a registry resuming inside one would skip records
+    /// (the drain then stops with the gap count).
+    One,
+    /// Batches of up to N records, as the bridge's producer makes them
+    /// when fed faster than it sends (`linger.ms = 5`; the bridge has at
+    /// most `mqtt.max_in_flight` = 1000 messages in flight, about 250 per
+    /// partition here). Default 250; `RAE_BENCH_PRELOAD_BATCH=N` sets N.
+    UpTo(usize),
+}
+
+impl Batching {
+    fn bridge_shaped() -> Batching {
+        Batching::UpTo(
+            std::env::var("RAE_BENCH_PRELOAD_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(250),
+        )
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Batching::One => "one record per Kafka record batch".into(),
+            Batching::UpTo(n) => format!("bridge-shaped Kafka record batches of up to {n} records"),
+        }
+    }
+}
+
+/// Pre-loads `envs` into the events topic, batched as `batching` says.
+fn preload(cloud: &Cloud, envs: &[Envelope], batching: Batching) -> Result<Duration> {
     let started = Instant::now();
-    let p = match std::env::var("RAE_BENCH_PRELOAD_BATCH") {
-        Ok(n) => {
+    let p = match batching {
+        Batching::UpTo(n) => {
             let mut c = cloud.kafka.config();
             c.set("acks", "all")
+                .set("enable.idempotence", "true")
                 .set("linger.ms", "5")
-                .set("batch.num.messages", n.as_str())
+                .set("batch.num.messages", n.to_string())
                 .set("log_level", "3");
             c.create()?
         }
-        Err(_) => cloud.producer()?,
+        Batching::One => cloud.producer()?,
     };
     for e in envs {
         send_retrying(&p, EVENTS, e.topic()?.as_bytes(), &e.encode()?)?;
@@ -158,7 +192,7 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
         }
         // The streams have no gap: a gap means records were skipped
         // (Tansu 0.6.0 after a fetch from inside a multi-record batch, see
-        // RAE_BENCH_PRELOAD_BATCH), and the drain would never complete.
+        // `Batching`), and the drain would never complete.
         let gaps = cloud.metric("rae_registry_gaps_total").unwrap_or(0);
         ensure!(
             gaps == 0,
@@ -490,6 +524,64 @@ fn database_only(n: usize) -> Result<()> {
     Ok(())
 }
 
+/// One throughput run on `cloud` (a fresh broker and database): pre-load
+/// `envs` batched as `batching` says, drain them with the registry, read
+/// them back with plain consumers, and take the COPY baseline.
+fn throughput(
+    cloud: &Cloud,
+    envs: &[Envelope],
+    batching: Batching,
+    props: &[(String, String)],
+) -> Result<()> {
+    let n = envs.len();
+    let load = preload(cloud, envs, batching)?;
+    println!(
+        "throughput ({}): {n} envelopes pre-loaded into Kafka in {:.1} s",
+        batching.describe(),
+        load.as_secs_f64()
+    );
+    let d = drain(cloud, n as i64)?;
+    let reg_rate = n as f64 / d.secs;
+    // Where the time goes: plain consumers (no database) reading the same
+    // records back from Tansu as members of a fresh group, with
+    // librdkafka's defaults and with the registry's prefetch settings.
+    print_plain_reads(cloud, "throughput", n, props)?;
+    let (batches, in_batches, latency_ms) = d.batches;
+    println!(
+        "throughput: registry batches: {batches}, mean size {:.0}, mean latency (load+plan+write+commit) {:.1} ms \
+         = {:.0} events/s per pipeline while applying; pipeline time (sum over 4): applying {:.1} s, \
+         waiting for a first record {:.1} s, filling batches {:.1} s; registry CPU {:.2} s",
+        in_batches as f64 / batches.max(1) as f64,
+        latency_ms as f64 / batches.max(1) as f64,
+        in_batches as f64 * 1000.0 / latency_ms.max(1) as f64,
+        latency_ms as f64 / 1000.0,
+        d.pipeline_ms.0 as f64 / 1000.0,
+        d.pipeline_ms.1 as f64 / 1000.0,
+        d.cpu_secs
+    );
+    let copy_secs = copy_baseline(&cloud.pg, envs)?;
+    let copy_rate = n as f64 / copy_secs;
+    let steady = d.steady_rate(n as i64);
+    println!(
+        "throughput: registry {reg_rate:.0} events/s ({n} in {:.2} s, from process start incl. group join); \
+         first batch committed after {}; {} events/s from the first batch to the last",
+        d.secs,
+        d.first_batch
+            .map(|(t, r)| format!("{t:.2} s ({r} records)"))
+            .unwrap_or_else(|| "-".into()),
+        steady.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into()),
+    );
+    println!(
+        "throughput: COPY of the same {n} history rows {copy_rate:.0} rows/s ({copy_secs:.2} s); \
+         ratio registry / COPY {:.2} from process start, {} join excluded (target >= 0.5)",
+        reg_rate / copy_rate,
+        steady
+            .map(|r| format!("{:.2}", r / copy_rate))
+            .unwrap_or_else(|| "-".into()),
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let n_tp: usize = std::env::var("RAE_BENCH_EVENTS")
         .ok()
@@ -517,56 +609,18 @@ fn main() -> Result<()> {
         }
     );
 
-    // 1. Throughput vs COPY.
-    let cloud = Cloud::start_with(4, &extra, Some(&log_level))?;
+    // 1. Throughput vs COPY, once per batching, each on a fresh broker
+    // and database; then the database stage alone.
     let envs = envelopes(1000, (n_tp / 1000) as u64);
-    let n = envs.len();
-    let load = preload(&cloud, &envs)?;
-    println!(
-        "throughput: {n} envelopes pre-loaded into Kafka in {:.1} s",
-        load.as_secs_f64()
-    );
-    let d = drain(&cloud, n as i64)?;
-    let reg_rate = n as f64 / d.secs;
-    // Where the time goes: plain consumers (no database) reading the same
-    // records back from Tansu as members of a fresh group, with
-    // librdkafka's defaults and with the registry's prefetch settings.
-    print_plain_reads(&cloud, "throughput", n, &props)?;
-    let (batches, in_batches, latency_ms) = d.batches;
-    println!(
-        "throughput: registry batches: {batches}, mean size {:.0}, mean latency (load+plan+write+commit) {:.1} ms \
-         = {:.0} events/s per pipeline while applying; pipeline time (sum over 4): applying {:.1} s, \
-         waiting for a first record {:.1} s, filling batches {:.1} s; registry CPU {:.2} s",
-        in_batches as f64 / batches.max(1) as f64,
-        latency_ms as f64 / batches.max(1) as f64,
-        in_batches as f64 * 1000.0 / latency_ms.max(1) as f64,
-        latency_ms as f64 / 1000.0,
-        d.pipeline_ms.0 as f64 / 1000.0,
-        d.pipeline_ms.1 as f64 / 1000.0,
-        d.cpu_secs
-    );
-    let copy_secs = copy_baseline(&cloud.pg, &envs)?;
-    let copy_rate = n as f64 / copy_secs;
-    let steady = d.steady_rate(n as i64);
-    println!(
-        "throughput: registry {reg_rate:.0} events/s ({n} in {:.2} s, from process start incl. group join); \
-         first batch committed after {}; {} events/s from the first batch to the last",
-        d.secs,
-        d.first_batch
-            .map(|(t, r)| format!("{t:.2} s ({r} records)"))
-            .unwrap_or_else(|| "-".into()),
-        steady.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into()),
-    );
-    println!(
-        "throughput: COPY of the same {n} history rows {copy_rate:.0} rows/s ({copy_secs:.2} s); \
-         ratio registry / COPY {:.2} from process start, {} join excluded (target >= 0.5)",
-        reg_rate / copy_rate,
-        steady
-            .map(|r| format!("{:.2}", r / copy_rate))
-            .unwrap_or_else(|| "-".into()),
-    );
-    database_stage(&cloud.pg, &envs)?;
-    drop(cloud);
+    let mut last = None;
+    for batching in [Batching::One, Batching::bridge_shaped()] {
+        let cloud = Cloud::start_with(4, &extra, Some(&log_level))?;
+        throughput(&cloud, &envs, batching, &props)?;
+        last = Some(cloud);
+    }
+    if let Some(cloud) = last {
+        database_stage(&cloud.pg, &envs)?;
+    }
 
     // 2. Burst.
     let sizes: Vec<usize> = [100_000usize, 1_000_000]
@@ -577,7 +631,7 @@ fn main() -> Result<()> {
     for size in sizes {
         let cloud = Cloud::start_with(4, &extra, Some(&log_level))?;
         let envs = envelopes(10_000, (size / 10_000) as u64);
-        let load = preload(&cloud, &envs)?;
+        let load = preload(&cloud, &envs, Batching::One)?;
         drop(envs);
         let d = drain(&cloud, size as i64)?;
         println!(
