@@ -16,12 +16,13 @@
 //! lost the log, the old log's position to the new broker, which then
 //! hands that position to the rejoined group and the new log's first
 //! commands are never read (seen with memory Tansu, which accepts a commit
-//! from a member it does not know). The current command is never skipped: its MQTT topic and
-//! payload are kept until its PUBACK, and it is published again at each
-//! CONNACK that finds it lost, i.e. when the broker kept no session (always
-//! with this clean-session connection; rumqttc then drops its unacknowledged
-//! publishes) and the connection dropped since it was handed to rumqttc, or
-//! when rumqttc refused it (also retried after [`RETRY_DELAY`]). A record
+//! from a member it does not know). The current command is never
+//! skipped: its MQTT topic and payload are kept until its PUBACK, and it
+//! is published again at each CONNACK that finds it lost, i.e. when the
+//! broker kept no session (always with this clean-session connection;
+//! rumqttc then drops its unacknowledged publishes) and the connection
+//! dropped since it was handed to rumqttc, or when rumqttc refused it
+//! (also retried after [`RETRY_DELAY`]). A record
 //! that names no valid target is logged, counted and skipped (its offset
 //! stored): it could never be delivered, and must not stall the partition.
 
