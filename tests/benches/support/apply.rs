@@ -8,8 +8,8 @@
 //! migrations, so the rows are new as they are in the Kafka run.
 //!
 //! This separates what the registry's SQL costs from what the broker
-//! delivers: with Tansu 0.6.0 the end-to-end figure is bound by the
-//! broker's read rate (docs/BENCHMARKS.md).
+//! delivers: with one record per Kafka record batch the end-to-end figure
+//! is bound by Tansu 0.6.0's read rate (docs/BENCHMARKS.md).
 
 use anyhow::{ensure, Context, Result};
 use rae_cloud_ingest::db::write::HistoryInsert;
