@@ -236,7 +236,10 @@ fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
     );
     reg.terminate(Duration::from_secs(30))?;
     if std::env::var_os("RAE_BENCH_REGISTRY_LOG").is_some() {
-        let kept = std::env::temp_dir().join(format!("rae-bench-registry-{n}.log"));
+        // Numbered per drain: the two throughput runs drain the same n.
+        static DRAINS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = DRAINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let kept = std::env::temp_dir().join(format!("rae-bench-registry-{run}-{n}.log"));
         std::fs::copy(cloud.dir.path().join("registry-bench.log"), &kept)?;
         println!("registry log kept in {}", kept.display());
     }

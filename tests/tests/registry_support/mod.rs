@@ -472,10 +472,7 @@ impl Session {
     }
 
     pub fn changed(&mut self, pairs: &[(&str, i64)]) -> Envelope {
-        self.take(EventKind::Changed {
-            set: attrs(pairs),
-            removed: vec![],
-        })
+        self.changed_removing(pairs, &[])
     }
 
     /// A change that sets `pairs` and removes `removed`.
