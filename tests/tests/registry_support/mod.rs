@@ -182,6 +182,13 @@ impl Cloud {
         metric_at(self.metrics_port, name)
     }
 
+    /// The values of `names` (unlabelled) from one GET /metrics; `None`
+    /// when the registry does not answer.
+    pub fn metric_values(&self, names: &[&str]) -> Option<Vec<Option<i64>>> {
+        let body = self.metrics_text()?;
+        Some(names.iter().map(|n| metric_in(&body, n)).collect())
+    }
+
     /// A copy of the registry config that serves `/metrics` on another
     /// free port, for a second registry in the same consumer group.
     pub fn second_config(&self, name: &str) -> Result<(PathBuf, u16)> {
@@ -214,7 +221,11 @@ fn metrics_text(port: u16) -> Option<String> {
 
 /// GET /metrics on `port` and the value of `name` (unlabelled).
 pub fn metric_at(port: u16, name: &str) -> Option<i64> {
-    let body = metrics_text(port)?;
+    metric_in(&metrics_text(port)?, name)
+}
+
+/// The value of `name` (unlabelled) in a `/metrics` body.
+fn metric_in(body: &str, name: &str) -> Option<i64> {
     body.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
