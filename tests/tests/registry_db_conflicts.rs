@@ -100,6 +100,26 @@ fn stream(s: &mut Session, n: u64) -> Vec<rae_protocol::Envelope> {
     out
 }
 
+/// Three sessions of `n` envelopes each, and all their envelopes.
+fn three_sessions(n: u64) -> (Vec<Session>, Vec<rae_protocol::Envelope>) {
+    let mut sessions: Vec<Session> = (0..3)
+        .map(|i| Session::new("box-c", &format!("dev{i}")))
+        .collect();
+    let all = sessions.iter_mut().flat_map(|s| stream(s, n)).collect();
+    (sessions, all)
+}
+
+/// Waits until every session has `n` events applied, then checks each
+/// is complete: history exactly `1..=n`, no gap, nothing stale.
+fn converged(cloud: &Cloud, reg: &Registry, sessions: &[Session], n: u64, what: &str) {
+    for s in sessions {
+        wait(what, CONVERGE, || last_seq(cloud, s) == n as i64)
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+            .unwrap();
+        check_complete(&cloud.pg, &s.id, n).unwrap();
+    }
+}
+
 #[test]
 fn deadlocks_and_serialization_failures_at_commit_are_retried_on_the_same_connection() {
     let cloud = cloud_with_faults();
@@ -118,24 +138,15 @@ fn deadlocks_and_serialization_failures_at_commit_are_retried_on_the_same_connec
     // Two deadlocks in the session upsert, then two serialization
     // failures at COMMIT: four failed attempts of the next batch(es).
     arm(&cloud, 2, 2);
-    let mut sessions: Vec<Session> = (0..3)
-        .map(|i| Session::new("box-c", &format!("dev{i}")))
-        .collect();
-    let mut all = Vec::new();
-    for s in &mut sessions {
-        all.extend(stream(s, 40));
-    }
+    let (sessions, all) = three_sessions(40);
     cloud.send(&all).unwrap();
-    for s in &sessions {
-        wait(
-            "every event applied despite the conflicts",
-            CONVERGE,
-            || last_seq(&cloud, s) == 40,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
-        .unwrap();
-        check_complete(&cloud.pg, &s.id, 40).unwrap();
-    }
+    converged(
+        &cloud,
+        &reg,
+        &sessions,
+        40,
+        "every event applied despite the conflicts",
+    );
     check_complete(&cloud.pg, &first.id, 5).unwrap();
     assert_eq!(
         cloud.metric("rae_registry_db_conflicts_total"),
@@ -170,13 +181,7 @@ fn no_offset_is_committed_while_commits_fail_and_a_restart_applies_everything_on
     // Every COMMIT of a batch with history rows fails from the start.
     arm(&cloud, 0, i64::MAX);
     let mut reg = cloud.registry().unwrap();
-    let mut sessions: Vec<Session> = (0..3)
-        .map(|i| Session::new("box-c", &format!("dev{i}")))
-        .collect();
-    let mut all = Vec::new();
-    for s in &mut sessions {
-        all.extend(stream(s, 30));
-    }
+    let (sessions, all) = three_sessions(30);
     cloud.send(&all).unwrap();
     wait("the batch retried three times", CONVERGE, || {
         cloud
@@ -197,14 +202,13 @@ fn no_offset_is_committed_while_commits_fail_and_a_restart_applies_everything_on
     reg.kill();
     arm(&cloud, 0, 0);
     reg.restart().unwrap();
-    for s in &sessions {
-        wait("every event applied after the restart", CONVERGE, || {
-            last_seq(&cloud, s) == 30
-        })
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
-        .unwrap();
-        check_complete(&cloud.pg, &s.id, 30).unwrap();
-    }
+    converged(
+        &cloud,
+        &reg,
+        &sessions,
+        30,
+        "every event applied after the restart",
+    );
     wait("the offset committed after the batch", CONVERGE, || {
         cloud
             .kafka
