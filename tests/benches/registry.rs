@@ -15,7 +15,10 @@
 //!    twice, on a fresh broker each: with one record per Kafka record
 //!    batch, then with batches as the bridge makes them (`Batching`). The
 //!    baseline is a binary COPY of the same N history rows into a scratch
-//!    table of the same shape, in the same PostgreSQL, in the same run.
+//!    table of the same shape, in the same PostgreSQL, in the same run
+//!    (three times; the median counts). Printed too: the CPU per event of
+//!    the registry, PostgreSQL and Tansu over the drain, and PostgreSQL's
+//!    CPU per COPY row.
 //!    Then the registry's database stage alone (its own classify/apply/
 //!    COMMIT code driven without Kafka, tests/benches/support/apply.rs)
 //!    with 4 and 1 pipelines, against the same COPY baseline.
@@ -612,17 +615,17 @@ fn throughput(
         .zip(pg_before)
         .map(|(b, a)| format!("{:.1}", (b - a) * 1e6 / (3 * n) as f64))
         .unwrap_or_else(|| "-".into());
-    copies.sort_by(f64::total_cmp);
-    let copy_secs = copies[1];
-    let copy_rate = n as f64 / copy_secs;
     println!(
-        "throughput: COPY baseline, 3 runs: {} rows/s; PostgreSQL CPU {copy_cpu_per_row} us per row",
+        "throughput: COPY baseline, 3 runs in order: {} rows/s; PostgreSQL CPU {copy_cpu_per_row} us per row",
         copies
             .iter()
             .map(|s| format!("{:.0}", n as f64 / s))
             .collect::<Vec<_>>()
             .join(" / ")
     );
+    copies.sort_by(f64::total_cmp);
+    let copy_secs = copies[1];
+    let copy_rate = n as f64 / copy_secs;
     let steady = d.steady_rate(n as i64);
     println!(
         "throughput: registry {reg_rate:.0} events/s ({n} in {:.2} s, from process start incl. group join); \
