@@ -12,7 +12,9 @@ mod registry_support;
 use registry_support::*;
 use std::time::Duration;
 
-const CONVERGE: Duration = Duration::from_secs(60);
+/// Generous: after a kill, the restarted registry first waits out the
+/// killed member's group session (librdkafka's 45 s default).
+const CONVERGE: Duration = Duration::from_secs(120);
 const GROUP: &str = "rae-registry";
 
 /// Fault injection in the database under test. Each trigger fails while
