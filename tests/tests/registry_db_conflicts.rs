@@ -17,10 +17,11 @@ use std::time::Duration;
 const CONVERGE: Duration = Duration::from_secs(120);
 const GROUP: &str = "rae-registry";
 
-/// Fault injection in the database under test. Each trigger fails while
+/// Fault injection in the database under test: one trigger function,
+/// `inject_fault(sequence, budget row, SQLSTATE, message)`, fails while
 /// its sequence's next value is within its budget (`fault_budget`, 0 =
 /// off); `nextval` is not rolled back with the failed transaction, so
-/// each failure uses up one unit of the budget.
+/// each failure uses up one unit of the budget. Two triggers use it:
 /// - `inject_deadlock`: the session upsert's statement fails with 40P01
 ///   (statement-level trigger), mid-batch.
 /// - `inject_serialization_failure`: a deferred constraint trigger on
@@ -29,26 +30,20 @@ const GROUP: &str = "rae-registry";
 const FAULTS_SQL: &str = "
 CREATE SEQUENCE statement_faults;
 CREATE SEQUENCE commit_faults;
-CREATE TABLE fault_budget (statement_faults BIGINT NOT NULL, commit_faults BIGINT NOT NULL);
-INSERT INTO fault_budget VALUES (0, 0);
-CREATE FUNCTION inject_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE TABLE fault_budget (fault TEXT PRIMARY KEY, budget BIGINT NOT NULL);
+INSERT INTO fault_budget VALUES ('statement_faults', 0), ('commit_faults', 0);
+CREATE FUNCTION inject_fault() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF nextval('statement_faults') <= (SELECT statement_faults FROM fault_budget) THEN
-        RAISE EXCEPTION 'injected deadlock' USING ERRCODE = '40P01';
+    IF nextval(TG_ARGV[0]) <= (SELECT budget FROM fault_budget WHERE fault = TG_ARGV[0]) THEN
+        RAISE EXCEPTION USING ERRCODE = TG_ARGV[1], MESSAGE = TG_ARGV[2];
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER inject_deadlock AFTER INSERT ON device_sessions
-    FOR EACH STATEMENT EXECUTE FUNCTION inject_deadlock();
-CREATE FUNCTION inject_serialization_failure() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF nextval('commit_faults') <= (SELECT commit_faults FROM fault_budget) THEN
-        RAISE EXCEPTION 'injected serialization failure at commit' USING ERRCODE = '40001';
-    END IF;
-    RETURN NULL;
-END $$;
+CREATE TRIGGER inject_deadlock AFTER INSERT ON device_sessions FOR EACH STATEMENT
+    EXECUTE FUNCTION inject_fault('statement_faults', '40P01', 'injected deadlock');
 CREATE CONSTRAINT TRIGGER inject_serialization_failure AFTER INSERT ON device_events
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION inject_serialization_failure();
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    EXECUTE FUNCTION inject_fault('commit_faults', '40001', 'injected serialization failure at commit');
 ";
 
 /// Arms the faults: the next `statement` session upserts and the next
@@ -59,7 +54,8 @@ fn arm(cloud: &Cloud, statement: i64, commit: i64) {
         .query(&format!(
             "ALTER SEQUENCE statement_faults RESTART WITH 1; \
              ALTER SEQUENCE commit_faults RESTART WITH 1; \
-             UPDATE fault_budget SET statement_faults = {statement}, commit_faults = {commit}"
+             UPDATE fault_budget SET budget = {statement} WHERE fault = 'statement_faults'; \
+             UPDATE fault_budget SET budget = {commit} WHERE fault = 'commit_faults'"
         ))
         .unwrap();
 }
