@@ -45,7 +45,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::TopicPartitionList;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -77,6 +77,34 @@ const STASH_TICK: Duration = Duration::from_millis(20);
 const FINAL_COMMIT_DEADLINE: Duration = Duration::from_secs(3);
 
 type Tp = (String, i32);
+
+/// One consumed record as a pipeline needs it: key and value copied once
+/// out of librdkafka's buffer (no topic name, headers or timestamp, which
+/// the pipelines do not use; `BorrowedMessage::detach` copies all of them,
+/// and the batch then copied key and value a second time).
+#[derive(Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Record {
+    fn of(m: &BorrowedMessage<'_>) -> Record {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Key + payload bytes: what the channel and stash bounds count.
+    fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+    }
+}
 
 /// Receives rebalance notifications from librdkafka (called inside poll).
 #[derive(Debug)]
@@ -161,8 +189,8 @@ impl ChannelBytes {
         self.0.fetch_add(to_i64(n), Ordering::Relaxed);
     }
     /// Called by the worker for each record it receives.
-    pub fn received(&self, m: &OwnedMessage) {
-        self.0.fetch_sub(to_i64(record_bytes(m)), Ordering::Relaxed);
+    pub fn received(&self, m: &Record) {
+        self.0.fetch_sub(to_i64(m.bytes()), Ordering::Relaxed);
     }
     /// Undoes [`ChannelBytes::add`] for a record that was not sent.
     fn add_back(&self, n: usize) {
@@ -178,10 +206,10 @@ fn to_i64(n: usize) -> i64 {
 }
 
 struct Pipeline {
-    tx: mpsc::Sender<OwnedMessage>,
+    tx: mpsc::Sender<Record>,
     channel_bytes: ChannelBytes,
     stop: watch::Sender<Stop>,
-    stash: VecDeque<OwnedMessage>,
+    stash: VecDeque<Record>,
     /// Keys + payloads in `stash`.
     stash_bytes: usize,
     paused: bool,
@@ -212,16 +240,12 @@ fn may_resume(own: usize, total: usize) -> bool {
     own <= STASH_MAX_BYTES / 2 && total <= STASH_TOTAL_MAX_BYTES / 2
 }
 
-fn record_bytes(m: &OwnedMessage) -> usize {
-    m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)
-}
-
 impl Pipeline {
     /// Moves stashed records into the channel, in order, while it has
     /// room. False if the worker is gone.
     fn flush(&mut self) -> bool {
         while let Some(m) = self.stash.pop_front() {
-            let bytes = record_bytes(&m);
+            let bytes = m.bytes();
             let queued = self.channel_bytes.get();
             if queued > 0 && queued + bytes > CHANNEL_MAX_BYTES {
                 self.stash.push_front(m);
@@ -339,7 +363,8 @@ impl Dispatcher {
                         // assignment) is handed to one of them.
                         self.handle_revokes();
                         self.metrics.records_in.inc();
-                        self.dispatch(m.detach());
+                        let tp = (m.topic().to_string(), m.partition());
+                        self.dispatch(tp, Record::of(&m));
                     }
                     Err(e) => {
                         log::warn!("Kafka consumer error: {e}");
@@ -377,8 +402,7 @@ impl Dispatcher {
         None
     }
 
-    fn dispatch(&mut self, m: OwnedMessage) {
-        let tp = (m.topic().to_string(), m.partition());
+    fn dispatch(&mut self, tp: Tp, m: Record) {
         if !self.pipelines.contains_key(&tp) {
             self.spawn(tp.clone());
         }
@@ -386,7 +410,7 @@ impl Dispatcher {
             return;
         };
         if tp.0 != self.shared.status_topic {
-            if let Some((first, end)) = offset_jump(p.next_offset, m.offset()) {
+            if let Some((first, end)) = offset_jump(p.next_offset, m.offset) {
                 self.metrics.offsets_skipped.add(end - first);
                 log::error!(
                     "{}[{}]: the broker delivered offset {end} after {}, skipping {first}..{end}: \
@@ -399,8 +423,8 @@ impl Dispatcher {
                 );
             }
         }
-        p.next_offset = Some(m.offset().saturating_add(1));
-        let bytes = record_bytes(&m);
+        p.next_offset = Some(m.offset.saturating_add(1));
+        let bytes = m.bytes();
         p.stash_bytes += bytes;
         p.stash.push_back(m);
         self.stashed += bytes;
@@ -556,7 +580,6 @@ fn pause(consumer: &StreamConsumer<RegistryContext>, tp: &Tp, pause: bool) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rdkafka::Timestamp;
 
     const MIB: usize = 1 << 20;
 
@@ -585,19 +608,16 @@ mod tests {
         assert!(!may_resume(0, STASH_TOTAL_MAX_BYTES / 2 + 1));
     }
 
-    fn record(offset: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            Some(vec![0; 100]),
-            Some(b"key".to_vec()),
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
+    fn record(offset: i64) -> Record {
+        Record {
+            partition: 0,
             offset,
-            None,
-        )
+            key: Some(b"key".to_vec()),
+            payload: Some(vec![0; 100]),
+        }
     }
 
-    fn pipeline(capacity: usize) -> (Pipeline, mpsc::Receiver<OwnedMessage>) {
+    fn pipeline(capacity: usize) -> (Pipeline, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(capacity);
         let (stop, _) = watch::channel(Stop::Running);
         let p = Pipeline {
@@ -612,8 +632,8 @@ mod tests {
         (p, rx)
     }
 
-    fn push(p: &mut Pipeline, m: OwnedMessage) -> bool {
-        p.stash_bytes += record_bytes(&m);
+    fn push(p: &mut Pipeline, m: Record) -> bool {
+        p.stash_bytes += m.bytes();
         p.stash.push_back(m);
         p.flush()
     }
@@ -626,16 +646,13 @@ mod tests {
         assert_eq!(offset_jump(Some(57), 40), None, "a refetch from earlier");
     }
 
-    fn big_record(offset: i64, bytes: usize) -> OwnedMessage {
-        OwnedMessage::new(
-            Some(vec![0; bytes]),
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
+    fn big_record(offset: i64, bytes: usize) -> Record {
+        Record {
+            partition: 0,
             offset,
-            None,
-        )
+            key: None,
+            payload: Some(vec![0; bytes]),
+        }
     }
 
     #[test]
@@ -675,7 +692,7 @@ mod tests {
         assert_eq!(p.stash_bytes, 3 * 103);
         let mut seen = Vec::new();
         while let Ok(m) = rx.try_recv() {
-            seen.push(m.offset());
+            seen.push(m.offset);
             assert!(p.flush());
         }
         assert_eq!(seen, vec![0, 1, 2, 3, 4]);

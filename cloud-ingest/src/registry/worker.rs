@@ -20,7 +20,7 @@
 //!   shutdown it is finished (retried until the shutdown deadline).
 
 use super::classify::{classify, Source};
-use super::dispatch::RegistryContext;
+use super::dispatch::{Record, RegistryContext};
 use super::kafka::{command_headers, dlq_headers, dlq_value, resync_payload};
 use super::plan::{Item, Plan, Policy};
 use super::side_producer::SideProducer;
@@ -28,7 +28,7 @@ use super::RegistryMetrics;
 use crate::db::write::HistoryInsert;
 use crate::db::{self, write, DbError};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedMessage};
+use rdkafka::message::Header;
 use rdkafka::producer::FutureRecord;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +78,7 @@ impl std::fmt::Debug for Shared {
 pub struct Worker {
     pub topic: String,
     pub partition: i32,
-    pub rx: mpsc::Receiver<OwnedMessage>,
+    pub rx: mpsc::Receiver<Record>,
     /// The bytes in `rx`, which this worker lowers as it receives.
     pub channel_bytes: super::dispatch::ChannelBytes,
     pub stop: watch::Receiver<Stop>,
@@ -137,6 +137,13 @@ fn now_ms() -> u64 {
 }
 
 impl Worker {
+    /// Lowers the channel's byte count by records just received.
+    fn received(&self, records: &[Record]) {
+        for m in records {
+            self.channel_bytes.received(m);
+        }
+    }
+
     fn stop_state(&self) -> Stop {
         *self.stop.borrow()
     }
@@ -154,33 +161,36 @@ impl Worker {
         let mut carry: Vec<Item> = Vec::new();
         loop {
             let idle_since = Instant::now();
-            let mut batch = Vec::new();
+            let max = self.shared.batch_max_records;
+            let mut batch: Vec<Record> = Vec::with_capacity(max.min(1024));
             if carry.is_empty() {
-                let m = tokio::select! {
-                    m = self.rx.recv() => match m { Some(m) => m, None => return },
+                tokio::select! {
+                    n = self.rx.recv_many(&mut batch, max) => if n == 0 { return },
                     _ = self.stop.changed() => return,
                 };
-                self.channel_bytes.received(&m);
-                batch.push(m);
+                self.received(&batch);
             }
             let opened = Instant::now();
             metrics
                 .idle_ms_total
                 .add(ms(opened.duration_since(idle_since)));
-            let deadline = opened + self.shared.batch_max_wait;
+            // One timer per batch (not one per receive).
+            let deadline = tokio::time::sleep_until(opened + self.shared.batch_max_wait);
+            tokio::pin!(deadline);
             let mut stopping = false;
-            while carry.len() + batch.len() < self.shared.batch_max_records {
+            while carry.len() + batch.len() < max {
+                let (before, room) = (batch.len(), max - carry.len() - batch.len());
                 tokio::select! {
                     biased;
-                    m = self.rx.recv() => match m {
-                        Some(m) => {
-                            self.channel_bytes.received(&m);
-                            batch.push(m);
+                    n = self.rx.recv_many(&mut batch, room) => {
+                        if n == 0 {
+                            stopping = true;
+                            break;
                         }
-                        None => { stopping = true; break }
-                    },
+                        self.received(&batch[before..]);
+                    }
                     _ = self.stop.changed() => { stopping = true; break }
-                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = &mut deadline => break,
                 }
             }
             metrics.batch_fill_ms_total.add(ms(opened.elapsed()));
@@ -189,14 +199,16 @@ impl Worker {
             }
             let carried = carry.len();
             let mut items = std::mem::take(&mut carry);
-            items.extend(batch.iter().map(|m| Item {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                raw: m.payload().unwrap_or_default().to_vec(),
-                classified: classify(source, m.key(), m.payload()),
+            items.extend(batch.into_iter().map(|m| {
+                let classified = classify(source, m.key.as_deref(), m.payload.as_deref());
+                Item {
+                    partition: m.partition,
+                    offset: m.offset,
+                    key: m.key,
+                    raw: m.payload.unwrap_or_default(),
+                    classified,
+                }
             }));
-            drop(batch);
             // The last batch before shutdown applies everything.
             let defer = (!stopping).then_some(carried);
             let Some(covered) = self.apply_with_retry(&items, defer).await else {
