@@ -7,6 +7,7 @@
 //! cargo bench -p rae-tests --bench registry            # 100k throughput + 100k/1M burst
 //! RAE_BENCH_BURST_MAX=100000 cargo bench -p rae-tests --bench registry   # skip the 1M run
 //! RAE_BENCH_PRELOAD_BATCH=100 …   # bridge-shaped record batches of up to 100 records (default 250)
+//! RAE_BENCH_ONLY_BRIDGE_SHAPED=5 …  # only the bridge-shaped throughput run, 5 times (repeat it cheaply)
 //! ```
 //!
 //! 1. Throughput: N envelopes (1000 sessions, attached + changes) are
@@ -559,7 +560,7 @@ fn throughput(
     envs: &[Envelope],
     batching: Batching,
     props: &[(String, String)],
-) -> Result<()> {
+) -> Result<(f64, Option<f64>)> {
     let n = envs.len();
     let load = preload(cloud, envs, batching)?;
     println!(
@@ -644,7 +645,7 @@ fn throughput(
             .map(|r| format!("{:.2}", r / copy_rate))
             .unwrap_or_else(|| "-".into()),
     );
-    Ok(())
+    Ok((reg_rate / copy_rate, steady.map(|r| r / copy_rate)))
 }
 
 fn main() -> Result<()> {
@@ -678,10 +679,45 @@ fn main() -> Result<()> {
     // and database; then the database stage alone.
     let envs = envelopes(1000, (n_tp / 1000) as u64);
     let mut last = None;
-    for batching in [Batching::One, Batching::bridge_shaped()] {
+    // RAE_BENCH_ONLY_BRIDGE_SHAPED=N: the bridge-shaped run alone, N times
+    // (the figure this shared machine's speed moves most: repeat it).
+    let runs: Vec<Batching> = match std::env::var("RAE_BENCH_ONLY_BRIDGE_SHAPED")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(n) => vec![Batching::bridge_shaped(); n],
+        None => vec![Batching::One, Batching::bridge_shaped()],
+    };
+    let mut bridge_shaped = Vec::new();
+    for batching in runs {
         let cloud = Cloud::start_with(4, &extra, Some(&log_level))?;
-        throughput(&cloud, &envs, batching, &props)?;
+        let ratios = throughput(&cloud, &envs, batching, &props)?;
+        if matches!(batching, Batching::UpTo(_)) {
+            bridge_shaped.push(ratios);
+        }
         last = Some(cloud);
+    }
+    if bridge_shaped.len() > 1 {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let from_start: Vec<f64> = bridge_shaped.iter().map(|r| r.0).collect();
+        let steady: Vec<f64> = bridge_shaped.iter().filter_map(|r| r.1).collect();
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        println!(
+            "throughput, bridge-shaped, {} runs in order: ratio from start {} (median {:.2}); join excluded {} (median {:.2})",
+            bridge_shaped.len(),
+            list(&from_start),
+            median(from_start.clone()),
+            list(&steady),
+            median(steady.clone())
+        );
     }
     if let Some(cloud) = last {
         database_stage(&cloud.pg, &envs)?;
