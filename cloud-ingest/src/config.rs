@@ -44,7 +44,8 @@ pub(crate) fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Log level: error, warn, info, debug or trace. Default: `info`.
-    /// `RUST_LOG` overrides it.
+    /// `RUST_LOG` overrides it. The PostgreSQL client's own lines stay at
+    /// info and above (at debug it prints every bound parameter).
     pub log_level: Option<String>,
     #[serde(default)]
     pub mqtt: RawMqtt,
