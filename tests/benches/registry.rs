@@ -371,6 +371,13 @@ fn print_plain_reads(
     Ok(())
 }
 
+/// The median of `v` (upper middle for an even count; NaN when empty).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn copy_baseline(pg: &Postgres, envs: &[Envelope]) -> Result<f64> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
@@ -491,13 +498,12 @@ fn database_stage(pg: &Postgres, envs: &[Envelope]) -> Result<()> {
             );
             ratios.push(rate / copy_rate);
         }
-        ratios.sort_by(f64::total_cmp);
         if ratios.is_empty() {
             continue;
         }
         println!(
             "database stage alone ({pipelines} pipeline(s)): median ratio to COPY {:.2} over {rounds} round(s) (target >= 0.5)",
-            ratios[ratios.len() / 2]
+            median(&ratios)
         );
     }
     Ok(())
@@ -604,7 +610,7 @@ fn throughput(
     // The baseline three times (a single 100k COPY moved 1.5-2x between
     // runs); the median is the one compared with.
     let pg_before = cloud.pg.cpu_secs();
-    let mut copies = (0..3)
+    let copies = (0..3)
         .map(|_| copy_baseline(&cloud.pg, envs))
         .collect::<Result<Vec<f64>>>()?;
     // Each COPY's backend has ended once its client is gone (its time is
@@ -624,8 +630,7 @@ fn throughput(
             .collect::<Vec<_>>()
             .join(" / ")
     );
-    copies.sort_by(f64::total_cmp);
-    let copy_secs = copies[1];
+    let copy_secs = median(&copies);
     let copy_rate = n as f64 / copy_secs;
     let steady = d.steady_rate(n as i64);
     println!(
@@ -698,10 +703,6 @@ fn main() -> Result<()> {
         last = Some(cloud);
     }
     if bridge_shaped.len() > 1 {
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-        };
         let from_start: Vec<f64> = bridge_shaped.iter().map(|r| r.0).collect();
         let steady: Vec<f64> = bridge_shaped.iter().filter_map(|r| r.1).collect();
         let list = |v: &[f64]| {
@@ -714,9 +715,9 @@ fn main() -> Result<()> {
             "throughput, bridge-shaped, {} runs in order: ratio from start {} (median {:.2}); join excluded {} (median {:.2})",
             bridge_shaped.len(),
             list(&from_start),
-            median(from_start.clone()),
+            median(&from_start),
             list(&steady),
-            median(steady.clone())
+            median(&steady)
         );
     }
     if let Some(cloud) = last {
