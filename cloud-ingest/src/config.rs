@@ -116,8 +116,12 @@ pub struct RawKafka {
     pub registry_group: Option<String>,
     /// Consumer group of the bridges' command downlink. Default: `rae-bridge`.
     pub bridge_group: Option<String>,
-    /// Extra librdkafka properties (TLS, SASL, tuning), passed through
-    /// unchanged; the files of `ssl.ca.location`, `ssl.certificate.location`
+    /// Extra librdkafka properties (TLS, SASL, tuning), merged over rae's
+    /// defaults after librdkafka's aliases are mapped to the names rae
+    /// uses; a property meant only for the other client (producer or
+    /// consumer) is left out of each, and `acks`, `enable.idempotence`
+    /// and the consumers' auto-commit settings are fixed (docs/CLOUD.md,
+    /// "Property names"). The files of `ssl.ca.location`, `ssl.certificate.location`
     /// and `ssl.key.location` must be readable. Default: none.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

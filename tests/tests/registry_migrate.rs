@@ -222,3 +222,54 @@ fn a_version_column_of_another_type_is_an_error_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// docs/CLOUD.md says `migrate` is safe to run from several hosts (each
+/// release's deploy may run it): concurrent runs against one fresh
+/// database all succeed and leave the schema once. On PostgreSQL two
+/// concurrent `CREATE TABLE IF NOT EXISTS` of one table can fail with a
+/// unique violation on its catalog (SQLSTATE 23505); `migrate` retries.
+#[test]
+fn concurrent_migrate_runs_on_a_fresh_database_all_succeed() {
+    const RUNS: usize = 6;
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Postgres::start(dir.path()).unwrap();
+        let config = dir.path().join("c.toml");
+        std::fs::write(&config, format!("[database]\nurl = \"{}\"\n", pg.url())).unwrap();
+        let children: Vec<_> = (0..RUNS)
+            .map(|_| {
+                Command::new(binary())
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("migrate")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut restarts = 0;
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            restarts += String::from_utf8_lossy(&out.stderr)
+                .matches("starting over")
+                .count();
+            assert!(
+                out.status.success(),
+                "round {round}: a concurrent migrate failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let versions = pg
+            .query("SELECT count(*)::text, max(version)::text FROM rae_schema_migrations")
+            .unwrap();
+        let again = migrate(&config);
+        assert!(again.status.success());
+        let after = pg
+            .query("SELECT count(*)::text, max(version)::text FROM rae_schema_migrations")
+            .unwrap();
+        assert_eq!(versions, after, "round {round}");
+        eprintln!("round {round}: {RUNS} concurrent runs, {restarts} started over after a race");
+    }
+}

@@ -5,8 +5,12 @@
 //! all idempotent (`IF NOT EXISTS`, `IF EXISTS`, or `ALTER TABLE … SET (storage parameter)`), run outside an explicit transaction
 //! (CockroachDB does not mix schema changes and writes in one transaction
 //! well), and are recorded in `rae_schema_migrations` afterwards with
-//! `ON CONFLICT DO NOTHING`; so `migrate` can be re-run, run concurrently,
-//! or resumed after a crash between the two steps.
+//! `ON CONFLICT DO NOTHING`; so `migrate` can be re-run, or resumed after
+//! a crash between the two steps. Run concurrently (several hosts
+//! deploying one release), a statement can lose a race with the same
+//! statement of another run and fail ([`super::is_schema_race`]); the run
+//! then starts over from the recorded version, at most
+//! [`RACE_ATTEMPTS`] times (test `concurrent_migrate_runs_on_a_fresh_database_all_succeed`).
 
 use super::{sql, DbError};
 use tokio_postgres::Client;
@@ -102,8 +106,31 @@ pub fn statements(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Applies every migration newer than the recorded version.
+/// How many times [`migrate`] runs when it keeps losing races with
+/// concurrent runs (each loss means another run made progress).
+pub const RACE_ATTEMPTS: u32 = 10;
+
+/// Applies every migration newer than the recorded version; starts over
+/// after losing a race with a concurrent run (module docs).
 pub async fn migrate(client: &Client) -> Result<Outcome, DbError> {
+    let mut attempt = 1;
+    loop {
+        match migrate_once(client).await {
+            Err(e) if e.is_schema_race() && attempt < RACE_ATTEMPTS => {
+                log::info!(
+                    "another migrate ran the same schema statement at the same time ({e}); \
+                     starting over (attempt {} of {RACE_ATTEMPTS})",
+                    attempt + 1
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn migrate_once(client: &Client) -> Result<Outcome, DbError> {
     client
         .batch_execute(VERSION_TABLE)
         .await
@@ -156,6 +183,24 @@ mod tests {
                     "migration {v}: not idempotent: {s}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn only_the_codes_of_a_concurrent_schema_statement_start_a_migrate_over() {
+        use tokio_postgres::error::SqlState;
+        for code in ["23505", "42P07", "42710", "40001", "40P01"] {
+            assert!(
+                super::super::is_schema_race(&SqlState::from_code(code)),
+                "{code}"
+            );
+        }
+        // A refused statement, a missing privilege, a broken connection: no retry.
+        for code in ["42601", "42501", "08006", "53100", "42P01"] {
+            assert!(
+                !super::super::is_schema_race(&SqlState::from_code(code)),
+                "{code}"
+            );
         }
     }
 

@@ -100,6 +100,32 @@ impl DbError {
             *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
         })
     }
+
+    /// What a schema statement returns when another session ran the same
+    /// one at the same time ([`is_schema_race`]).
+    pub fn is_schema_race(&self) -> bool {
+        self.source_pg()
+            .and_then(|e| e.code())
+            .is_some_and(is_schema_race)
+    }
+}
+
+/// SQLSTATEs of two sessions racing on one idempotent schema statement:
+/// PostgreSQL's `CREATE TABLE IF NOT EXISTS` checks for the table before
+/// it inserts into its catalog, so the loser of a race fails with a
+/// unique violation on the catalog (23505, `pg_type_typname_nsp_index`)
+/// or duplicate table/object (42P07, 42710); CockroachDB reports a
+/// serialization failure (40001); either may report a deadlock (40P01).
+/// Running the statement again then finds what the winner made.
+pub fn is_schema_race(code: &SqlState) -> bool {
+    [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::DUPLICATE_TABLE,
+        SqlState::DUPLICATE_OBJECT,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+    ]
+    .contains(code)
 }
 
 /// Connects and spawns the connection task; the task ends when the client

@@ -1,10 +1,11 @@
 //! The registry's writes: load the sessions a batch names (locked), then
 //! write a [`Plan`] in the same transaction.
 //!
-//! Invariants: each kind of row is written with one statement per batch
-//! (arrays bound as parameters and expanded by one `unnest` per array in
-//! the select list, docs/CLOUD.md SQL rule 4), so a batch
-//! costs a fixed number of round trips; every write is an idempotent
+//! Invariants: each kind of device row is written with one statement per
+//! batch (arrays bound as parameters and expanded by one `unnest` per
+//! array in the select list, docs/CLOUD.md SQL rule 4), so a batch costs
+//! a fixed number of round trips plus one per box whose status it
+//! carries (rare: births and last wills); every write is an idempotent
 //! `INSERT … ON CONFLICT` or a keyed `DELETE`, except history rows the
 //! plan knows to be new (a plain `INSERT`; should one exist after all, the
 //! batch fails with 23505 and is retried with `ON CONFLICT`,
