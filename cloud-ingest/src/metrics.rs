@@ -76,6 +76,16 @@ impl Metrics {
         self.register(name, help, "gauge", Some(label), value.to_string())
     }
 
+    /// Removes the series of `name` with label value `value` (a gauge of
+    /// something this process no longer owns); it reappears when
+    /// registered again.
+    pub fn remove_labelled(&self, name: &'static str, value: &str) {
+        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(family) = families.get_mut(name) {
+            family.values.remove(value);
+        }
+    }
+
     /// One counter per label value.
     pub fn labelled_counter(
         &self,
@@ -224,6 +234,25 @@ mod tests {
             text.contains("rae_consumer_lag{partition=\"0\"} 7"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_removed_series_is_no_longer_rendered_and_comes_back_when_registered() {
+        let m = Metrics::new();
+        m.labelled_gauge("rae_consumer_lag", "Lag.", "partition", "t/0")
+            .set(7);
+        m.labelled_gauge("rae_consumer_lag", "Lag.", "partition", "t/1")
+            .set(3);
+        m.remove_labelled("rae_consumer_lag", "t/0");
+        let text = m.render();
+        assert!(!text.contains("partition=\"t/0\""), "{text}");
+        assert!(
+            text.contains("rae_consumer_lag{partition=\"t/1\"} 3"),
+            "{text}"
+        );
+        m.labelled_gauge("rae_consumer_lag", "Lag.", "partition", "t/0")
+            .set(1);
+        assert!(m.render().contains("rae_consumer_lag{partition=\"t/0\"} 1"));
     }
 
     #[test]

@@ -63,6 +63,18 @@ fn registry_applies_events_in_order_and_ignores_duplicates() {
         cloud.metric("rae_registry_events_duplicate_total") == Some(200)
     })
     .unwrap();
+    // 400 records in batches of at most 1000: the last batch's size and
+    // latency, and the lag of both partitions back to 0 (librdkafka
+    // statistics, every 5 s).
+    let size = cloud.metric("rae_registry_batch_size").unwrap();
+    assert!((1..=400).contains(&size), "batch size {size}");
+    assert!(cloud.metric("rae_registry_batch_latency_ms").unwrap() >= 0);
+    wait("lag 0 on both partitions", CONVERGE, || {
+        lags_at(cloud.metrics_port).is_some_and(|l| {
+            l.keys().filter(|k| k.starts_with(EVENTS)).count() == 2 && l.values().all(|&v| v == 0)
+        })
+    })
+    .unwrap();
     for s in &sessions {
         assert_eq!(history(&cloud, s), 50, "one history row per event");
         assert_eq!(attr(&cloud, s, "counter").as_deref(), Some("49"));
@@ -145,6 +157,7 @@ fn a_gap_marks_the_session_stale_and_produces_exactly_one_resync_record() {
         .read(COMMANDS, 2, Duration::from_secs(5))
         .unwrap();
     assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(cloud.metric("rae_registry_resyncs_total"), Some(1));
     let c = &commands[0];
     assert_eq!(c.key_str(), "box-g");
     assert_eq!(c.header_str("command").as_deref(), Some("resync"));

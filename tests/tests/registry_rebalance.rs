@@ -15,7 +15,7 @@
 
 mod registry_support;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use rae_protocol::{AttrValue, Envelope, EventKind};
 use registry_support::*;
 use std::time::Duration;
@@ -94,6 +94,21 @@ fn a_registry_joining_and_leaving_mid_outage_loses_nothing_and_resumes_its_pause
     )
     .map_err(|e| anyhow::anyhow!("{e}\n{}", a.log_tail()))?;
     let first_assignments = assigned(&a);
+    // The lag of every partition (librdkafka statistics, every 5 s) before
+    // the second registry joins: afterwards the first must drop those it
+    // lost.
+    let events_lags = |port: u16| -> Vec<String> {
+        lags_at(port)
+            .unwrap_or_default()
+            .into_keys()
+            .filter(|k| k.starts_with(EVENTS))
+            .collect()
+    };
+    wait(
+        "the first registry's lag for every partition",
+        CONVERGE,
+        || events_lags(cloud.metrics_port).len() == PARTITIONS as usize,
+    )?;
 
     let (config_b, port_b) = cloud.second_config("registry-b")?;
     let mut b = Registry::start(&config_b, &cloud.dir.path().join("registry-b.log"))?;
@@ -117,6 +132,19 @@ fn a_registry_joining_and_leaving_mid_outage_loses_nothing_and_resumes_its_pause
             b.log_tail()
         )
     })?;
+    // Each partition's lag is exported by the registry that owns it, once.
+    let (mut lags_a, mut lags_b) = (Vec::new(), Vec::new());
+    wait("each partition's lag from its owner only", CONVERGE, || {
+        (lags_a, lags_b) = (events_lags(cloud.metrics_port), events_lags(port_b));
+        let mut all: Vec<&String> = lags_a.iter().chain(&lags_b).collect();
+        all.sort();
+        all.dedup();
+        !lags_a.is_empty()
+            && !lags_b.is_empty()
+            && all.len() == PARTITIONS as usize
+            && lags_a.len() + lags_b.len() == PARTITIONS as usize
+    })
+    .with_context(|| format!("lag labels of A {lags_a:?}, of B {lags_b:?}"))?;
     let b_batches = metric_at(port_b, "rae_registry_batches_total").unwrap_or(0);
     let b_gaps = metric_at(port_b, "rae_registry_gaps_total");
     ensure!(b_batches > 0, "the second registry applied no batch");

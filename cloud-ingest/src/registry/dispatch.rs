@@ -110,17 +110,33 @@ impl Record {
 #[derive(Debug)]
 pub struct RegistryContext {
     revoked: Mutex<Vec<Tp>>,
+    /// The partitions assigned now: only their lag is exported.
+    assigned: Mutex<std::collections::BTreeSet<Tp>>,
+    /// `auto.offset.reset` reads a partition with no committed offset from
+    /// its start ([`super::partition_lag`]).
+    from_earliest: bool,
     metrics: RegistryMetrics,
 }
 
 impl ClientContext for RegistryContext {
     /// librdkafka statistics (every `statistics.interval.ms`): consumer lag
-    /// per assigned partition.
+    /// per assigned partition (librdkafka also lists partitions it no
+    /// longer fetches, with their last figures).
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics.lag(topic, *partition).set(p.consumer_lag);
+                if !assigned.contains(&(topic.clone(), *partition)) {
+                    continue;
+                }
+                if let Some(lag) = super::partition_lag(
+                    p.consumer_lag,
+                    p.committed_offset,
+                    p.lo_offset,
+                    p.hi_offset,
+                    self.from_earliest,
+                ) {
+                    self.metrics.lag(topic, *partition).set(lag);
                 }
             }
         }
@@ -137,6 +153,12 @@ impl ConsumerContext for RegistryContext {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 log::info!("partitions revoked: {list:?}");
+                let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+                for (topic, partition) in &list {
+                    assigned.remove(&(topic.clone(), *partition));
+                    self.metrics.forget_lag(topic, *partition);
+                }
+                drop(assigned);
                 self.revoked
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -149,6 +171,10 @@ impl ConsumerContext for RegistryContext {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 log::info!("partitions assigned: {list:?}");
+                self.assigned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(list);
             }
             Rebalance::Error(e) => log::warn!("rebalance error: {e}"),
         }
@@ -299,6 +325,8 @@ impl Dispatcher {
         let consumer: StreamConsumer<RegistryContext> = consumer_config(kafka)
             .create_with_context(RegistryContext {
                 revoked: Mutex::default(),
+                assigned: Mutex::default(),
+                from_earliest: super::kafka::starts_from_earliest(kafka),
                 metrics: metrics.clone(),
             })?;
         consumer.subscribe(&[kafka.events_topic.as_str(), kafka.status_topic.as_str()])?;

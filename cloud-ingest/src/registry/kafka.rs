@@ -116,6 +116,16 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
     )
 }
 
+/// Whether the registry reads a partition with no committed offset from
+/// its start: `auto.offset.reset` (default `earliest` here) is one of
+/// librdkafka's names for that.
+pub fn starts_from_earliest(kafka: &KafkaSettings) -> bool {
+    matches!(
+        consumer_config(kafka).get("auto.offset.reset"),
+        Some("earliest" | "smallest" | "beginning")
+    )
+}
+
 /// The DLQ / command producer's config.
 pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
     build(
@@ -217,6 +227,18 @@ mod tests {
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("enable.auto.commit"), None);
+    }
+
+    #[test]
+    fn the_registry_starts_from_earliest_unless_the_properties_say_otherwise() {
+        let settings = |props: &str| parse(props, Path::new("t.toml")).unwrap().kafka;
+        assert!(starts_from_earliest(&settings("")));
+        assert!(starts_from_earliest(&settings(
+            "[kafka.properties]\n\"auto.offset.reset\" = \"smallest\"\n"
+        )));
+        assert!(!starts_from_earliest(&settings(
+            "[kafka.properties]\n\"auto.offset.reset\" = \"latest\"\n"
+        )));
     }
 
     #[test]

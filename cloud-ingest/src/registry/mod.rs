@@ -127,11 +127,43 @@ impl RegistryMetrics {
     /// `rae_registry_consumer_lag{partition="topic/N"}`.
     pub fn lag(&self, topic: &str, partition: i32) -> Value {
         self.registry.labelled_gauge(
-            "rae_registry_consumer_lag",
-            "Records behind the high watermark, per partition.",
+            LAG,
+            "Records behind the high watermark, per partition this registry is assigned.",
             "partition",
             &format!("{topic}/{partition}"),
         )
+    }
+
+    /// Drops the lag of a partition this registry no longer owns: another
+    /// registry reports it now, and a sum over registries must not count
+    /// it twice.
+    pub fn forget_lag(&self, topic: &str, partition: i32) {
+        self.registry
+            .remove_labelled(LAG, &format!("{topic}/{partition}"));
+    }
+}
+
+const LAG: &str = "rae_registry_consumer_lag";
+
+/// A partition's lag for `/metrics` from librdkafka's statistics figures
+/// (pure): its own `consumer_lag` (log end − committed offset) when it has
+/// one; else, while the group has committed nothing there yet (a new
+/// group, or a database down since the start) and it starts from the
+/// earliest offset (`auto.offset.reset`, rae's default), the whole log
+/// (end − start), which is what it has to read; else unknown.
+pub fn partition_lag(
+    consumer_lag: i64,
+    committed_offset: i64,
+    lo_offset: i64,
+    hi_offset: i64,
+    from_earliest: bool,
+) -> Option<i64> {
+    if consumer_lag >= 0 {
+        Some(consumer_lag)
+    } else if from_earliest && committed_offset < 0 && lo_offset >= 0 && hi_offset >= lo_offset {
+        Some(hi_offset - lo_offset)
+    } else {
+        None
     }
 }
 
@@ -205,5 +237,29 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_lag;
+
+    #[test]
+    fn lag_is_librdkafkas_own_figure_when_it_has_one() {
+        assert_eq!(partition_lag(12, 88, 0, 100, true), Some(12));
+        assert_eq!(partition_lag(0, 100, 0, 100, false), Some(0));
+    }
+
+    #[test]
+    fn with_nothing_committed_yet_the_lag_is_the_whole_log_when_reading_from_its_start() {
+        // -1001: librdkafka's "no offset".
+        assert_eq!(partition_lag(-1, -1001, 40, 100, true), Some(60));
+        assert_eq!(partition_lag(-1, -1001, 40, 100, false), None);
+    }
+
+    #[test]
+    fn lag_is_unknown_while_the_log_end_is() {
+        assert_eq!(partition_lag(-1, -1001, -1, -1, true), None);
+        assert_eq!(partition_lag(-1, 50, 0, 100, true), None);
     }
 }

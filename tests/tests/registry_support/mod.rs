@@ -164,13 +164,8 @@ impl Cloud {
 
     /// Sum of `rae_registry_consumer_lag` over partitions (None before any).
     pub fn lag_total(&self) -> Option<i64> {
-        let body = self.metrics_text()?;
-        let values: Vec<i64> = body
-            .lines()
-            .filter(|l| l.starts_with("rae_registry_consumer_lag{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
+        let lags = lags_at(self.metrics_port)?;
+        (!lags.is_empty()).then(|| lags.values().sum())
     }
 
     fn metrics_text(&self) -> Option<String> {
@@ -222,6 +217,21 @@ fn metrics_text(port: u16) -> Option<String> {
 /// GET /metrics on `port` and the value of `name` (unlabelled).
 pub fn metric_at(port: u16, name: &str) -> Option<i64> {
     metric_in(&metrics_text(port)?, name)
+}
+
+/// GET /metrics on `port`: `rae_registry_consumer_lag` by its partition
+/// label (`topic/N`).
+pub fn lags_at(port: u16) -> Option<std::collections::BTreeMap<String, i64>> {
+    let body = metrics_text(port)?;
+    Some(
+        body.lines()
+            .filter_map(|l| l.strip_prefix("rae_registry_consumer_lag{partition=\""))
+            .filter_map(|l| {
+                let (label, value) = l.split_once("\"} ")?;
+                Some((label.to_string(), value.trim().parse().ok()?))
+            })
+            .collect(),
+    )
 }
 
 /// The value of `name` (unlabelled) in a `/metrics` body.
