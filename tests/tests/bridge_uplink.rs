@@ -195,19 +195,7 @@ fn a_bridge_killed_mid_stream_and_restarted_loses_nothing_and_keeps_each_topics_
     // Below mosquitto's default max_queued_messages (1000) for the time the
     // bridge is down: the broker, not the bridge, would drop beyond it.
     let sent = device_messages("box-k", 10, 900);
-    let port = lab.mosquitto.port();
-    let to_send = sent.clone();
-    let publisher = std::thread::spawn(move || publish_all(port, "pub-k", &to_send));
-    bridge.wait_metric("rae_bridge_messages_in_total", 150, READ)?;
-    bridge.kill()?;
-    let acked_before_kill = bridge_acks_from_log(&lab, "bridge-k");
-    publisher
-        .join()
-        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
-    ensure!(
-        acked_before_kill < sent.len(),
-        "the kill came after everything was acked ({acked_before_kill}); not a mid-stream kill"
-    );
+    let acked_before_kill = kill_mid_stream(&mut bridge, &lab.mosquitto, "pub-k", &sent)?;
     bridge.restart()?;
     let records = read_all_of(&lab, EVENTS, &sent, Duration::from_secs(60))
         .with_context(|| format!("bridge log:\n{}", bridge.log_tail()))?;
@@ -218,14 +206,6 @@ fn a_bridge_killed_mid_stream_and_restarted_loses_nothing_and_keeps_each_topics_
         records.len() - sent.len()
     );
     Ok(())
-}
-
-/// PUBACKs mosquitto logged as received from `client_id`.
-fn bridge_acks_from_log(lab: &Lab, client_id: &str) -> usize {
-    lab.mosquitto
-        .log_text()
-        .matches(&format!("Received PUBACK from {client_id} "))
-        .count()
 }
 
 #[test]

@@ -27,7 +27,7 @@ mod registry_support;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use bridge_support::{publish_all, wait_subscribed, write_config, Bridge, Msg};
+use bridge_support::{kill_mid_stream, wait_subscribed, write_config, Bridge, Msg};
 use rae_protocol::Envelope;
 use rae_tests::mosquitto::Mosquitto;
 use registry_support::{check_complete, wait, Cloud, Session, COMMANDS, EVENTS};
@@ -81,22 +81,7 @@ fn a_bridge_killed_mid_stream_leaves_every_session_complete_in_the_database() ->
         .map(|i| Session::new(&format!("box-{}", i % 3), &format!("dev{i}")))
         .collect();
     let msgs = stream(&mut sessions)?;
-    let port = mosquitto.port();
-    let to_send = msgs.clone();
-    let publisher = std::thread::spawn(move || publish_all(port, "pub-r", &to_send));
-    bridge.wait_metric("rae_bridge_messages_in_total", 150, CONVERGE)?;
-    bridge.kill()?;
-    let acked_before_kill = mosquitto
-        .log_text()
-        .matches("Received PUBACK from bridge-r ")
-        .count();
-    publisher
-        .join()
-        .map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
-    ensure!(
-        acked_before_kill < msgs.len(),
-        "the kill came after every message was acked ({acked_before_kill}): not a mid-stream kill"
-    );
+    let acked_before_kill = kill_mid_stream(&mut bridge, &mosquitto, "pub-r", &msgs)?;
     bridge.restart()?;
 
     let complete = || {

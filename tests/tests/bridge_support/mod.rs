@@ -540,3 +540,35 @@ pub fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Publishes `msgs` (client `publisher`) while `bridge` reads them, and
+/// SIGKILLs the bridge once it has read 150; waits until the publisher
+/// had all acked by mosquitto. Fails unless the kill came mid-stream (the
+/// bridge had PUBACKed fewer than all, per mosquitto's log). Returns the
+/// PUBACKs the bridge sent before the kill. The bridge stays down.
+pub fn kill_mid_stream(
+    bridge: &mut Bridge,
+    mosquitto: &Mosquitto,
+    publisher: &str,
+    msgs: &[Msg],
+) -> Result<usize> {
+    let (port, to_send, client) = (mosquitto.port(), msgs.to_vec(), publisher.to_string());
+    let handle = std::thread::spawn(move || publish_all(port, &client, &to_send));
+    bridge.wait_metric("rae_bridge_messages_in_total", 150, Duration::from_secs(60))?;
+    bridge.kill()?;
+    let acked = mosquitto
+        .log_text()
+        .matches(&format!(
+            "Received PUBACK from {} ",
+            bridge.config.client_id
+        ))
+        .count();
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
+    ensure!(
+        acked < msgs.len(),
+        "the kill came after every message was acked ({acked}): not a mid-stream kill"
+    );
+    Ok(acked)
+}
