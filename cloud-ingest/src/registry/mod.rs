@@ -150,7 +150,10 @@ const LAG: &str = "rae_registry_consumer_lag";
 /// one; else, while the group has committed nothing there yet (a new
 /// group, or a database down since the start) and it starts from the
 /// earliest offset (`auto.offset.reset`, rae's default), the whole log
-/// (end − start), which is what it has to read; else unknown.
+/// (end − start), which is what it has to read; else unknown. A registry
+/// restarted on committed offsets has them from the group before it
+/// fetches, so its lag is librdkafka's (test
+/// `a_registry_restarted_with_nothing_new_to_read_reports_no_lag`).
 pub fn partition_lag(
     consumer_lag: i64,
     committed_offset: i64,
