@@ -153,7 +153,7 @@ const LAG: &str = "rae_registry_consumer_lag";
 /// (end − start), which is what it has to read; else unknown. A registry
 /// restarted on committed offsets has them from the group before it
 /// fetches, so its lag is librdkafka's (test
-/// `a_registry_restarted_with_nothing_new_to_read_reports_no_lag`).
+/// `sigterm_commits_the_offsets_so_a_restart_reads_nothing_again`).
 pub fn partition_lag(
     consumer_lag: i64,
     committed_offset: i64,
