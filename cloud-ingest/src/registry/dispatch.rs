@@ -29,7 +29,11 @@
 //!   starts unpaused);
 //! - a pipeline that panics stops the registry (after the others finish
 //!   their batch): a new pipeline for its partition would start after the
-//!   lost batch and commit past it;
+//!   lost batch and commit past it. A pipeline is only ever told to stop
+//!   after it leaves the map of pipelines, so one in the map whose channel
+//!   is closed has died: its partition gets no new pipeline (the worker's
+//!   channel closes while the panic unwinds, before the task's end is
+//!   visible to the `JoinSet`, so waiting for that alone would race);
 //! - on shutdown, workers finish their batch and commit; then the stored
 //!   offsets are committed synchronously; the workers are bounded by
 //!   [`SHUTDOWN_DEADLINE`], the commit by [`FINAL_COMMIT_DEADLINE`].
@@ -75,6 +79,9 @@ const STASH_TICK: Duration = Duration::from_millis(20);
 /// How long shutdown waits for Kafka to confirm the final offset commit
 /// (after [`SHUTDOWN_DEADLINE`]; systemd's `TimeoutStopSec=30` bounds all).
 const FINAL_COMMIT_DEADLINE: Duration = Duration::from_secs(3);
+/// How long a stopping registry waits for a dead pipeline's task to end,
+/// for its panic message (it ends as soon as the panic has unwound).
+const DEAD_PIPELINE_WAIT: Duration = Duration::from_secs(1);
 
 type Tp = (String, i32);
 
@@ -307,6 +314,9 @@ pub struct Dispatcher {
     /// `stash_bytes`, kept as they change rather than summed per record).
     stashed: usize,
     workers: JoinSet<()>,
+    /// A partition whose pipeline ended without being told to stop (it
+    /// panicked): the registry stops instead of starting another one.
+    dead: Option<Tp>,
     metrics: RegistryMetrics,
 }
 
@@ -359,6 +369,7 @@ impl Dispatcher {
             pipelines: HashMap::new(),
             stashed: 0,
             workers: JoinSet::new(),
+            dead: None,
             metrics,
         })
     }
@@ -402,20 +413,50 @@ impl Dispatcher {
                 _ = tick.tick() => self.drain_stashes(),
             }
             self.handle_revokes();
-            if let Some(e) = self.failed_worker() {
+            if let Some(reason) = self.failure().await {
                 // A pipeline that panicked lost its uncommitted batch; a new
                 // pipeline for its partition would start at the fetch
                 // position after it and commit past it. Stop instead: the
                 // restart resumes from the committed offsets.
                 self.shutdown().await;
                 anyhow::bail!(
-                    "a partition pipeline failed ({e}); the registry stops so that the \
+                    "a partition pipeline failed ({reason}); the registry stops so that the \
                      partition resumes from its committed offset on restart"
                 );
             }
         }
         self.shutdown().await;
         Ok(())
+    }
+
+    /// Why a pipeline ended without being told to stop, if one did: its
+    /// panic as the `JoinSet` reports it, waited for up to
+    /// [`DEAD_PIPELINE_WAIT`] once its channel was seen closed.
+    async fn failure(&mut self) -> Option<String> {
+        if let Some(e) = self.failed_worker() {
+            return Some(e.to_string());
+        }
+        let (topic, partition) = self.dead.clone()?;
+        let unknown = format!("the pipeline of {topic}[{partition}] ended without being stopped");
+        let end = tokio::time::timeout(DEAD_PIPELINE_WAIT, async {
+            while let Some(done) = self.workers.join_next().await {
+                if let Err(e) = done {
+                    return Some(e);
+                }
+            }
+            None
+        })
+        .await;
+        Some(match end {
+            Ok(Some(e)) => {
+                log::error!("a partition pipeline failed: {e}");
+                format!("{topic}[{partition}]: {e}")
+            }
+            _ => {
+                log::error!("{unknown}");
+                unknown
+            }
+        })
     }
 
     /// The first pipeline that ended by panicking, if any (a pipeline
@@ -460,8 +501,10 @@ impl Dispatcher {
         let alive = p.flush();
         self.stashed -= before - p.stash_bytes;
         if !alive {
-            // The worker ended (revoked); the records are redelivered.
-            self.retire(&tp);
+            // Still in the map, so never told to stop: it died. Its
+            // partition keeps this pipeline (no new one starts after the
+            // lost batch) until `run` sees `dead` and stops.
+            self.dead.get_or_insert(tp);
             return;
         }
         if !p.paused && over_stash_limit(p.stash_bytes, self.stashed) {
@@ -511,10 +554,12 @@ impl Dispatcher {
     }
 
     fn drain_stashes(&mut self) {
-        for p in self.pipelines.values_mut() {
-            // A closed channel (revoked worker) is retired by handle_revokes.
+        for (tp, p) in self.pipelines.iter_mut() {
             let before = p.stash_bytes;
-            p.flush();
+            if !p.flush() {
+                // Never told to stop (revoked ones leave the map first).
+                self.dead.get_or_insert_with(|| tp.clone());
+            }
             self.stashed -= before - p.stash_bytes;
         }
         let total = self.stashed;
@@ -735,5 +780,42 @@ mod tests {
         assert!(!push(&mut p, record(7)));
         assert_eq!(p.stash.len(), 1);
         assert_eq!(p.stash_bytes, 103);
+    }
+
+    fn dispatcher() -> Dispatcher {
+        // No broker listens there; nothing in this test reaches Kafka.
+        let settings = crate::config::parse(
+            "[kafka]\nbrokers = \"127.0.0.1:1\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let metrics = RegistryMetrics::new(&crate::metrics::Metrics::new());
+        Dispatcher::build(&settings, metrics).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_partition_whose_pipeline_panicked_gets_no_new_pipeline_and_the_registry_stops() {
+        let mut d = dispatcher();
+        let tp: Tp = ("rae.device-events".to_string(), 0);
+        let (p, rx) = pipeline(8);
+        d.workers.spawn(async move {
+            let _rx = rx;
+            panic!("a bug in a pipeline");
+        });
+        d.pipelines.insert(tp.clone(), p);
+        while !d.pipelines[&tp].tx.is_closed() {
+            tokio::task::yield_now().await;
+        }
+        d.dispatch(tp.clone(), record(0));
+        d.dispatch(tp.clone(), record(1));
+        // No new pipeline took the records (it would commit past the
+        // panicked one's lost batch): they wait with the dead one.
+        assert_eq!(d.pipelines[&tp].stash.len(), 2);
+        assert_eq!(d.workers.len(), 1, "no pipeline was started");
+        let reason = d
+            .failure()
+            .await
+            .expect("a dead pipeline stops the registry");
+        assert!(reason.contains("a bug in a pipeline"), "{reason}");
     }
 }
