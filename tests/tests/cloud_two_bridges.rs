@@ -5,7 +5,10 @@
 //! measures how often). The registry applies each session's envelopes of
 //! one batch in seq order: with every envelope inside one batch per
 //! partition, no reorder may show up as a gap, and every session must end
-//! complete and not stale.
+//! complete and not stale. Status traffic is not shared: each bridge
+//! forwards the box's birth, and the registry applies the first copy and
+//! counts the other as a repeat (the bridges pass the payload untouched,
+//! so both copies have one digest).
 
 mod bridge_support;
 mod registry_support;
@@ -45,7 +48,23 @@ fn two_bridges_reorder_a_session_and_the_registry_applies_it_in_seq_order_withou
     let mut sessions: Vec<Session> = (0..SESSIONS)
         .map(|i| Session::new("box-two", &format!("dev{i}")))
         .collect();
-    let mut msgs = Vec::new();
+    let birth = ciborium::Value::Map(vec![
+        (
+            ciborium::Value::Text("state".into()),
+            ciborium::Value::Text("online".into()),
+        ),
+        (
+            ciborium::Value::Text("ts_ms".into()),
+            ciborium::Value::Integer(1_700_000_000_000u64.into()),
+        ),
+    ]);
+    let mut payload = Vec::new();
+    ciborium::into_writer(&birth, &mut payload)?;
+    let mut msgs = vec![bridge_support::Msg {
+        topic: "rae/v1/box-two/status".to_string(),
+        payload,
+        retain: true,
+    }];
     for seq in 1..=PER_SESSION {
         for s in &mut sessions {
             let env = if seq == 1 {
@@ -60,7 +79,7 @@ fn two_bridges_reorder_a_session_and_the_registry_applies_it_in_seq_order_withou
             });
         }
     }
-    // 1500 messages: each bridge's share stays below mosquitto's default
+    // 1500 device messages: each bridge's share stays below mosquitto's default
     // max_queued_messages (1000), so the broker drops nothing.
     bridge_support::publish_all(mosquitto.port(), "two-pub", &msgs)?;
 
@@ -105,5 +124,20 @@ fn two_bridges_reorder_a_session_and_the_registry_applies_it_in_seq_order_withou
         ));
         ensure!(n == last as i64, "session {}: attribute n = {n}", s.id);
     }
+    let status = |name: &str| cloud.metric(name).unwrap_or(0);
+    wait(
+        "both copies of the birth taken",
+        Duration::from_secs(30),
+        || status("rae_registry_status_total") + status("rae_registry_status_repeats_total") == 2,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\nregistry log:\n{}", registry.log_tail()))?;
+    ensure!(
+        status("rae_registry_status_repeats_total") == 1,
+        "the second bridge's copy of the birth was not recognised as a repeat"
+    );
+    ensure!(
+        cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-two' AND online") == 1,
+        "box-two is not online"
+    );
     Ok(())
 }

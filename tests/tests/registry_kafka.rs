@@ -443,33 +443,35 @@ fn sigterm_during_a_database_outage_exits_within_its_deadline_and_loses_nothing(
     assert_eq!(history(&cloud, &s), 20);
 }
 
+/// A box status payload as the agent builds it (docs/PROTOCOL.md §1.2).
+fn status(state: &str, ts: u64) -> Vec<u8> {
+    let v = ciborium::Value::Map(vec![
+        (
+            ciborium::Value::Text("state".into()),
+            ciborium::Value::Text(state.into()),
+        ),
+        (
+            ciborium::Value::Text("agent_version".into()),
+            ciborium::Value::Text("9.9".into()),
+        ),
+        (
+            ciborium::Value::Text("boot_count".into()),
+            ciborium::Value::Integer(4.into()),
+        ),
+        (
+            ciborium::Value::Text("ts_ms".into()),
+            ciborium::Value::Integer(ts.into()),
+        ),
+    ]);
+    let mut out = Vec::new();
+    ciborium::into_writer(&v, &mut out).unwrap();
+    out
+}
+
 #[test]
 fn box_status_records_update_the_boxes_table() {
     let cloud = Cloud::start(1, "").unwrap();
     let _reg = cloud.registry().unwrap();
-    let status = |state: &str, ts: u64| {
-        let v = ciborium::Value::Map(vec![
-            (
-                ciborium::Value::Text("state".into()),
-                ciborium::Value::Text(state.into()),
-            ),
-            (
-                ciborium::Value::Text("agent_version".into()),
-                ciborium::Value::Text("9.9".into()),
-            ),
-            (
-                ciborium::Value::Text("boot_count".into()),
-                ciborium::Value::Integer(4.into()),
-            ),
-            (
-                ciborium::Value::Text("ts_ms".into()),
-                ciborium::Value::Integer(ts.into()),
-            ),
-        ]);
-        let mut out = Vec::new();
-        ciborium::into_writer(&v, &mut out).unwrap();
-        out
-    };
     cloud
         .send_raw(STATUS, b"rae/v1/box-s/status", &status("online", 100))
         .unwrap();
@@ -477,6 +479,11 @@ fn box_status_records_update_the_boxes_table() {
         cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-s' AND online") == 1
     })
     .unwrap();
+    // As a row written before schema version 4 holds: no digests.
+    cloud
+        .pg
+        .query("UPDATE boxes SET recent_status = NULL")
+        .unwrap();
     cloud
         .send_raw(STATUS, b"rae/v1/box-s/status", &status("offline", 90))
         .unwrap();
@@ -497,6 +504,73 @@ fn box_status_records_update_the_boxes_table() {
             Some("90".to_string())
         ]
     );
+}
+
+/// Two bridges each forward every status message. Bridge A's copies of
+/// the birth and the will land, then lagging bridge B's copy of the birth
+/// (B's copy of the will would follow, but B is stalled): the box must
+/// stay offline, in one batch and across batches.
+#[test]
+fn a_lagging_bridges_copy_of_an_earlier_birth_does_not_bring_the_box_back_online() {
+    let cloud = Cloud::start(1, "").unwrap();
+    let reg = cloud.registry().unwrap();
+    let topic = b"rae/v1/box-s/status";
+    // Across batches: each record waits for the one before to be applied.
+    cloud
+        .send_raw(STATUS, topic, &status("online", 100))
+        .unwrap();
+    wait("box online", CONVERGE, || {
+        cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-s' AND online") == 1
+    })
+    .unwrap();
+    cloud
+        .send_raw(STATUS, topic, &status("offline", 200))
+        .unwrap();
+    wait("box offline", CONVERGE, || {
+        cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-s' AND NOT online") == 1
+    })
+    .unwrap();
+    cloud
+        .send_raw(STATUS, topic, &status("online", 100))
+        .unwrap();
+    let taken = |cloud: &Cloud| {
+        cloud.metric("rae_registry_status_total").unwrap_or(0)
+            + cloud
+                .metric("rae_registry_status_repeats_total")
+                .unwrap_or(0)
+    };
+    wait("the late copy taken", CONVERGE, || taken(&cloud) == 3)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+        .unwrap();
+    assert_eq!(
+        cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-s' AND NOT online"),
+        1,
+        "a repeat of the birth brought the box back online"
+    );
+    // Back to back (usually one batch): a new birth and will, then B's late
+    // copy of that birth.
+    for (state, ts) in [("online", 300), ("offline", 400), ("online", 300)] {
+        cloud.send_raw(STATUS, topic, &status(state, ts)).unwrap();
+    }
+    wait("the second late copy taken", CONVERGE, || {
+        taken(&cloud) == 6
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+    let row = cloud
+        .pg
+        .query("SELECT online::text, last_birth_ms, last_will_ms FROM boxes")
+        .unwrap();
+    assert_eq!(
+        row[0],
+        vec![
+            Some("false".to_string()),
+            Some("300".to_string()),
+            Some("400".to_string())
+        ]
+    );
+    assert_eq!(cloud.metric("rae_registry_status_total"), Some(4));
+    assert_eq!(cloud.metric("rae_registry_status_repeats_total"), Some(2));
 }
 
 #[test]

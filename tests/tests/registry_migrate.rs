@@ -71,11 +71,11 @@ fn migrate_creates_the_schema_once_and_is_idempotent() {
     let second = migrate(&config);
     let out = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{out}");
-    assert!(out.contains("schema is up to date (version 3)"), "{out}");
+    assert!(out.contains("schema is up to date (version 4)"), "{out}");
     assert_eq!(
         pg.scalar("SELECT count(*) FROM rae_schema_migrations")
             .unwrap(),
-        "3"
+        "4"
     );
     for table in ["device_sessions", "device_attributes"] {
         assert_eq!(
@@ -93,6 +93,12 @@ fn migrate_creates_the_schema_once_and_is_idempotent() {
         pg.scalar("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'device_attributes'")
             .unwrap(),
         "device_attributes_pkey"
+    );
+    // Version 4: the box status digests.
+    assert_eq!(
+        pg.scalar("SELECT data_type FROM information_schema.columns WHERE table_name = 'boxes' AND column_name = 'recent_status'")
+            .unwrap(),
+        "bytea"
     );
 }
 
@@ -182,17 +188,17 @@ fn registry_and_devices_refuse_an_unmigrated_database_with_exit_65_naming_migrat
         let (code, err) = run_bounded(&config, args);
         assert_eq!(code, Some(65), "{args:?}: {err}");
         assert!(
-            err.contains("not migrated (version 0, need 3); run `rae-cloud-ingest migrate`"),
+            err.contains("not migrated (version 0, need 4); run `rae-cloud-ingest migrate`"),
             "{args:?}: {err}"
         );
     }
     // One version behind (an upgrade whose `migrate` has not run yet).
     assert!(migrate(&config).status.success());
-    pg.query("DELETE FROM rae_schema_migrations WHERE version = 3")
+    pg.query("DELETE FROM rae_schema_migrations WHERE version = 4")
         .unwrap();
     let (code, err) = run_bounded(&config, &["registry"]);
     assert_eq!(code, Some(65), "{err}");
-    assert!(err.contains("(version 2, need 3)"), "{err}");
+    assert!(err.contains("(version 3, need 4)"), "{err}");
 }
 
 #[test]

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attribute_updates_in_place",
         include_str!("../../migrations/0003_attribute_updates_in_place.sql"),
     ),
+    (
+        4,
+        "box_status_digests",
+        include_str!("../../migrations/0004_box_status_digests.sql"),
+    ),
 ];
 
 /// The newest version this binary knows.
@@ -179,7 +184,9 @@ mod tests {
                     s.starts_with("CREATE TABLE IF NOT EXISTS")
                         || s.starts_with("CREATE INDEX IF NOT EXISTS")
                         || s.starts_with("DROP INDEX IF EXISTS")
-                        || (s.starts_with("ALTER TABLE") && s.contains(" SET (")),
+                        || (s.starts_with("ALTER TABLE") && s.contains(" SET ("))
+                        || (s.starts_with("ALTER TABLE")
+                            && s.contains(" ADD COLUMN IF NOT EXISTS ")),
                     "migration {v}: not idempotent: {s}"
                 );
             }

@@ -1,5 +1,7 @@
-//! The registry's writes: load the sessions a batch names (locked), then
-//! write a [`Plan`] in the same transaction.
+//! The registry's writes: load the sessions a batch names (locked), plan,
+//! load the status digests of the boxes it names (locked; status batches
+//! only) and plan their status, then write the [`Plan`] in the same
+//! transaction.
 //!
 //! Invariants: each kind of device row is written with one statement per
 //! batch (arrays bound as parameters and expanded by one `unnest` per
@@ -17,6 +19,7 @@
 //! prepared once per connection ([`Statements`]), not parsed per batch.
 
 use super::{col, sql, DbError};
+use crate::registry::boxes::{self, boxes_needed, plan_boxes, Recent};
 use crate::registry::plan::{
     plan_with_deferral, sessions_needed, Item, Plan, Policy, SessionState,
 };
@@ -61,6 +64,7 @@ pub struct Statements {
     history: Statement,
     history_new: Statement,
     history_trim: Statement,
+    load_boxes: Statement,
     boxes: Statement,
 }
 
@@ -127,6 +131,12 @@ impl Statements {
                 client,
                 HISTORY_TRIM_SQL,
                 "prepare the statement to trim device event history",
+            )
+            .await?,
+            load_boxes: prepare(
+                client,
+                LOAD_BOXES_SQL,
+                "prepare the statement to load box status digests",
             )
             .await?,
             boxes: prepare(
@@ -196,9 +206,14 @@ const HISTORY_TRIM_SQL: &str = "DELETE FROM device_events WHERE (session_id, seq
                   JOIN (SELECT unnest($1::uuid[]) AS s, unnest($2::bigint[]) AS keep_after) AS t
                     ON e.session_id = t.s AND e.seq <= t.keep_after)";
 
+/// The status digests of the boxes a batch names, locked (in key order)
+/// so two consumers of one status partition during a rebalance serialize.
+const LOAD_BOXES_SQL: &str = "SELECT rae_id, recent_status FROM boxes WHERE rae_id = ANY($1)
+             ORDER BY rae_id FOR UPDATE";
+
 const BOXES_SQL: &str = "INSERT INTO boxes (rae_id, online, agent_version, started_ms, boot_count,
-                                last_birth_ms, last_will_ms, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                                last_birth_ms, last_will_ms, recent_status, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
              ON CONFLICT (rae_id) DO UPDATE SET
                  online = excluded.online,
                  agent_version = COALESCE(excluded.agent_version, boxes.agent_version),
@@ -206,6 +221,7 @@ const BOXES_SQL: &str = "INSERT INTO boxes (rae_id, online, agent_version, start
                  boot_count = COALESCE(excluded.boot_count, boxes.boot_count),
                  last_birth_ms = COALESCE(excluded.last_birth_ms, boxes.last_birth_ms),
                  last_will_ms = COALESCE(excluded.last_will_ms, boxes.last_will_ms),
+                 recent_status = excluded.recent_status,
                  updated_at = excluded.updated_at";
 
 /// One batch's database work inside `tx`: load and lock the sessions the
@@ -224,7 +240,12 @@ pub async fn apply(
     defer: Option<usize>,
 ) -> Result<(Plan, usize), DbError> {
     let loaded = load_sessions(tx, st, &sessions_needed(items)).await?;
-    let (plan, covered) = plan_with_deferral(items, &loaded, now_ms, policy, defer);
+    let (mut plan, covered) = plan_with_deferral(items, &loaded, now_ms, policy, defer);
+    let names = boxes_needed(&items[..covered]);
+    if !names.is_empty() {
+        let stored = load_boxes(tx, st, &names).await?;
+        plan.boxes = plan_boxes(&items[..covered], &stored, now_ms, &mut plan.counts);
+    }
     write_plan(tx, st, items, &plan, policy, history).await?;
     Ok((plan, covered))
 }
@@ -273,6 +294,28 @@ pub async fn load_sessions(
                 ended_ms: col::<Option<i64>>(&r, 9, STEP)?.map(to_u64),
                 end_reason: col(&r, 10, STEP)?,
             },
+        );
+    }
+    Ok(out)
+}
+
+/// Loads and locks the status digests of the boxes `names` (sorted).
+pub async fn load_boxes(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    names: &[String],
+) -> Result<HashMap<String, Recent>, DbError> {
+    let rows = tx
+        .query(&st.load_boxes, &[&names])
+        .await
+        .map_err(sql("load box status digests"))?;
+    const STEP: &str = "read the loaded box status digests";
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let recent: Option<Vec<u8>> = col(&r, 1, STEP)?;
+        out.insert(
+            col::<String>(&r, 0, STEP)?,
+            recent.as_deref().map(boxes::decode).unwrap_or_default(),
         );
     }
     Ok(out)
@@ -446,6 +489,7 @@ async fn write_boxes(tx: &Transaction<'_>, st: &Statements, plan: &Plan) -> Resu
                 &b.last.boot_count,
                 &b.last_birth_ms,
                 &b.last_will_ms,
+                &boxes::encode(&b.recent),
             ],
         )
         .await
@@ -466,6 +510,7 @@ mod tests {
     fn no_statement_binds_an_integer_whose_width_differs_between_engines() {
         for sql in [
             LOAD_SESSIONS_SQL,
+            LOAD_BOXES_SQL,
             SESSIONS_SQL,
             DEVICES_SQL,
             ATTRS_REPLACE_SQL,

@@ -55,6 +55,9 @@ pub struct StatusMsg {
     pub started_ms: Option<i64>,
     pub boot_count: Option<i64>,
     pub ts_ms: Option<i64>,
+    /// The payload's digest: the message's identity across the copies
+    /// several bridges forward ([`super::boxes`]).
+    pub digest: u64,
 }
 
 /// What a record is.
@@ -192,6 +195,7 @@ fn classify_status(key: Option<&[u8]>, value: &[u8]) -> Classified {
     match decode_status(value) {
         Ok(mut msg) => {
             msg.rae_id = rae_id;
+            msg.digest = super::boxes::digest(value);
             Classified::Status(msg)
         }
         Err(reason) => dead(DeadKind::Decode, reason),
@@ -244,6 +248,7 @@ fn decode_status(value: &[u8]) -> Result<StatusMsg, String> {
         started_ms: int("started_ms")?,
         boot_count: int("boot_count")?,
         ts_ms: int("ts_ms")?,
+        digest: 0,
     })
 }
 
@@ -386,6 +391,7 @@ mod tests {
                 assert!(s.online);
                 assert_eq!(s.boot_count, Some(3));
                 assert_eq!(s.ts_ms, Some(77));
+                assert_eq!(s.digest, crate::registry::boxes::digest(&v));
             }
             other => panic!("{other:?}"),
         }

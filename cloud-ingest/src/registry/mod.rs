@@ -1,7 +1,8 @@
 //! The Cloud Registry: Kafka → database.
 //!
-//! - [`classify`] and [`plan`]: the pure core (what a record is, what a
-//!   batch writes and sends); no I/O, tested without tokio;
+//! - [`classify`], [`plan`] and [`boxes`]: the pure core (what a record
+//!   is, what a batch writes and sends, which box status copies are
+//!   repeats); no I/O, tested without tokio;
 //! - [`kafka`]: client configs and the records the registry produces;
 //! - [`side_producer`]: the producer of those records, replaced when the
 //!   broker lost its state (a restarted Kafka);
@@ -11,6 +12,7 @@
 //!   pauses partitions whose worker is behind (database down) and handles
 //!   rebalances.
 
+pub mod boxes;
 pub mod classify;
 pub mod dispatch;
 pub mod kafka;
@@ -47,6 +49,7 @@ pub struct RegistryMetrics {
     pub resyncs: Value,
     pub dlq: Value,
     pub status: Value,
+    pub status_repeats: Value,
     pub db_errors: Value,
     pub db_conflicts: Value,
     pub paused: Value,
@@ -101,6 +104,10 @@ impl RegistryMetrics {
                 "Records sent to the dead-letter topic.",
             ),
             status: m.counter("rae_registry_status_total", "Box status messages applied."),
+            status_repeats: m.counter(
+                "rae_registry_status_repeats_total",
+                "Copies of box status messages already applied (one per extra bridge), ignored.",
+            ),
             db_errors: m.counter(
                 "rae_registry_db_errors_total",
                 "Failed batch attempts (database or Kafka produce errors).",

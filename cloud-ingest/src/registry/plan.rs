@@ -23,7 +23,8 @@
 //!   seq above its session's `last_seq`, so only a checkpoint at the last
 //!   seq can meet an existing row ([`Plan::history_may_exist`]).
 
-use super::classify::{Classified, DeadLetter, StatusMsg};
+use super::boxes::BoxUpdate;
+use super::classify::{Classified, DeadLetter};
 use rae_protocol::{check_seq, AttrValue, Envelope, EventKind, SeqVerdict};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
@@ -110,7 +111,11 @@ pub struct Counts {
     pub resyncs: u64,
     pub dead: u64,
     pub skipped: u64,
+    /// Box status messages applied ([`super::boxes::plan_boxes`]).
     pub status: u64,
+    /// Copies of status messages a box row had already taken (one per
+    /// extra bridge), ignored.
+    pub status_repeats: u64,
     /// Envelopes taken at another position than their offset's, to apply
     /// their session in `seq` order ([`visit_order`]).
     pub reordered: u64,
@@ -127,7 +132,9 @@ pub struct Plan {
     /// A session already in the database is not listed: its device row
     /// was written in the transaction that stored the session.
     pub devices: BTreeMap<(String, String), Uuid>,
-    /// Status messages, last one per box wins (they share a partition).
+    /// Box status, first copy of each message, last message per box wins
+    /// (they share a partition). Filled by [`super::boxes::plan_boxes`]
+    /// once the boxes' rows are loaded; [`plan_batch`] leaves it empty.
     pub boxes: BTreeMap<String, BoxUpdate>,
     pub resyncs: Vec<Resync>,
     pub dead: Vec<Dead>,
@@ -144,14 +151,6 @@ pub struct Plan {
     /// Offset-order index of the first record that showed a gap, if any
     /// ([`plan_with_deferral`]).
     pub first_gap: Option<usize>,
-}
-
-/// The net status of one box in a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BoxUpdate {
-    pub last: StatusMsg,
-    pub last_birth_ms: Option<i64>,
-    pub last_will_ms: Option<i64>,
 }
 
 impl Plan {
@@ -223,26 +222,8 @@ pub fn plan_batch(
                     letter: letter.clone(),
                 });
             }
-            Classified::Status(msg) => {
-                plan.counts.status += 1;
-                let prev = plan.boxes.remove(&msg.rae_id);
-                let (mut birth, mut will) = prev
-                    .map(|b| (b.last_birth_ms, b.last_will_ms))
-                    .unwrap_or((None, None));
-                if msg.online {
-                    birth = msg.ts_ms.or(Some(now_ms as i64));
-                } else {
-                    will = msg.ts_ms.or(Some(now_ms as i64));
-                }
-                plan.boxes.insert(
-                    msg.rae_id.clone(),
-                    BoxUpdate {
-                        last: msg.clone(),
-                        last_birth_ms: birth,
-                        last_will_ms: will,
-                    },
-                );
-            }
+            // Planned with the boxes' rows (`boxes::plan_boxes`).
+            Classified::Status(_) => {}
             Classified::Event(env) => {
                 let slot = state.entry(env.session_id).or_insert_with(|| Slot {
                     state: loaded.get(&env.session_id).cloned(),

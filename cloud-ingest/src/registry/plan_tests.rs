@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 
-use super::super::classify::{classify, Classified, DeadKind, Source};
+use super::super::classify::{classify, DeadKind, Source};
 use super::*;
 use proptest::prelude::*;
 use rae_protocol::{Attrs, SCHEMA_VERSION};
@@ -505,42 +505,6 @@ fn history_is_trimmed_to_the_bound() {
     envs.extend((2..=10).map(|s| changed(1, s, &[("a", s as i64)], &[])));
     let plan = plan_batch(&items(&envs), &HashMap::new(), 0, &policy);
     assert_eq!(plan.history_trims(&policy), vec![(sid(1), 7)]);
-}
-
-#[test]
-fn status_messages_fold_into_the_last_state_per_box() {
-    let online = Classified::Status(StatusMsg {
-        rae_id: "b".into(),
-        online: true,
-        agent_version: Some("1".into()),
-        started_ms: Some(1),
-        boot_count: Some(2),
-        ts_ms: Some(100),
-    });
-    let offline = Classified::Status(StatusMsg {
-        rae_id: "b".into(),
-        online: false,
-        agent_version: None,
-        started_ms: None,
-        boot_count: None,
-        ts_ms: Some(90),
-    });
-    let batch: Vec<Item> = [online, offline]
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| Item {
-            partition: 0,
-            offset: i as i64,
-            key: None,
-            raw: vec![],
-            classified: c,
-        })
-        .collect();
-    let plan = plan_batch(&batch, &HashMap::new(), 0, &POLICY);
-    let b = &plan.boxes["b"];
-    assert!(!b.last.online);
-    assert_eq!(b.last_birth_ms, Some(100));
-    assert_eq!(b.last_will_ms, Some(90));
 }
 
 /// A session's stream: attached, then changes over a few keys, checkpoints

@@ -390,6 +390,7 @@ impl Worker {
         m.resyncs.add(plan.counts.resyncs as i64);
         m.dlq.add(plan.counts.dead as i64);
         m.status.add(plan.counts.status as i64);
+        m.status_repeats.add(plan.counts.status_repeats as i64);
         let Some(last) = items.last() else { return };
         let consumer = &self.shared.consumer;
         if let Err(e) = consumer.store_offset(&self.topic, self.partition, last.offset) {
