@@ -1,6 +1,7 @@
 //! Prometheus metrics: a tiny registry of counters and gauges (optionally
-//! with one label, e.g. `partition`) and a `/metrics` HTTP endpoint in the
-//! text exposition format 0.0.4. Both `bridge` and `registry` serve one.
+//! with one label, e.g. `partition`), histograms with fixed buckets, and a
+//! `/metrics` HTTP endpoint in the text exposition format 0.0.4. Both
+//! `bridge` and `registry` serve one.
 //!
 //! Invariants: updating a metric never blocks on I/O and never allocates
 //! for unlabelled metrics; the endpoint answers every GET with the current
@@ -9,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +37,59 @@ impl Value {
     }
 }
 
+/// A histogram with fixed bucket bounds (upper bounds, ascending).
+#[derive(Debug, Clone)]
+pub struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    help: &'static str,
+    bounds: &'static [f64],
+    /// Observations per bucket, not cumulative; the last one counts those
+    /// above every bound.
+    buckets: Box<[AtomicU64]>,
+    /// The sum of all observations (`f64` bits).
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts `v` in the first bucket whose bound is at least `v`.
+    pub fn observe(&self, v: f64) {
+        let h = &self.0;
+        let i = h
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(h.bounds.len());
+        h.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let _ = h
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let h = &self.0;
+        let _ = writeln!(out, "# HELP {name} {}", h.help);
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        // Cumulative, and `_count` is the `+Inf` bucket: consistent even
+        // while observations land during the render.
+        let mut seen = 0u64;
+        for (bound, bucket) in h.bounds.iter().zip(h.buckets.iter()) {
+            seen += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {seen}");
+        }
+        if let Some(above) = h.buckets.last() {
+            seen += above.load(Ordering::Relaxed);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {seen}");
+        let sum = f64::from_bits(h.sum.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {seen}");
+    }
+}
+
 #[derive(Debug)]
 struct Family {
     help: &'static str,
@@ -48,6 +102,7 @@ struct Family {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     families: Arc<Mutex<BTreeMap<&'static str, Family>>>,
+    histograms: Arc<Mutex<BTreeMap<&'static str, Histogram>>>,
 }
 
 impl Metrics {
@@ -63,6 +118,28 @@ impl Metrics {
     /// A value that goes up and down.
     pub fn gauge(&self, name: &'static str, help: &'static str) -> Value {
         self.register(name, help, "gauge", None, String::new())
+    }
+
+    /// A histogram with the upper bounds `bounds` (ascending; `+Inf` is
+    /// added). Registering a name again returns the first histogram.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        bounds: &'static [f64],
+    ) -> Histogram {
+        let mut histograms = self.histograms.lock().unwrap_or_else(|e| e.into_inner());
+        histograms
+            .entry(name)
+            .or_insert_with(|| {
+                Histogram(Arc::new(HistogramInner {
+                    help,
+                    bounds,
+                    buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                    sum: AtomicU64::new(0f64.to_bits()),
+                }))
+            })
+            .clone()
     }
 
     /// One gauge per label value, e.g. `consumer_lag{partition="3"}`.
@@ -133,6 +210,11 @@ impl Metrics {
                     }
                 }
             }
+        }
+        drop(families);
+        let histograms = self.histograms.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, h) in histograms.iter() {
+            h.render(name, &mut out);
         }
         out
     }
@@ -253,6 +335,26 @@ mod tests {
         m.labelled_gauge("rae_consumer_lag", "Lag.", "partition", "t/0")
             .set(1);
         assert!(m.render().contains("rae_consumer_lag{partition=\"t/0\"} 1"));
+    }
+
+    #[test]
+    fn a_histogram_renders_cumulative_buckets_sum_and_count() {
+        let m = Metrics::new();
+        let h = m.histogram("rae_batch_seconds", "Batch time.", &[0.1, 1.0]);
+        for v in [0.05, 0.1, 0.5, 3.0] {
+            h.observe(v);
+        }
+        m.histogram("rae_batch_seconds", "Batch time.", &[0.1, 1.0])
+            .observe(0.2);
+        let text = m.render();
+        let expected = "# HELP rae_batch_seconds Batch time.\n\
+             # TYPE rae_batch_seconds histogram\n\
+             rae_batch_seconds_bucket{le=\"0.1\"} 2\n\
+             rae_batch_seconds_bucket{le=\"1\"} 4\n\
+             rae_batch_seconds_bucket{le=\"+Inf\"} 5\n\
+             rae_batch_seconds_sum 3.85\n\
+             rae_batch_seconds_count 5\n";
+        assert!(text.contains(expected), "{text}");
     }
 
     #[test]

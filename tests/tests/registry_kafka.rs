@@ -69,6 +69,17 @@ fn registry_applies_events_in_order_and_ignores_duplicates() {
     let size = cloud.metric("rae_registry_batch_size").unwrap();
     assert!((1..=400).contains(&size), "batch size {size}");
     assert!(cloud.metric("rae_registry_batch_latency_ms").unwrap() >= 0);
+    // The histograms saw every committed batch and every record.
+    let batches = cloud.metric("rae_registry_batches_total");
+    assert!(batches.is_some_and(|n| n >= 1), "{batches:?}");
+    assert_eq!(
+        cloud.metric("rae_registry_batch_duration_seconds_count"),
+        batches
+    );
+    assert_eq!(
+        cloud.metric("rae_registry_batch_records_sum"),
+        cloud.metric("rae_registry_batch_records_total")
+    );
     wait("lag 0 on both partitions", CONVERGE, || {
         lags_at(cloud.metrics_port).is_some_and(|l| {
             l.keys().filter(|k| k.starts_with(EVENTS)).count() == 2 && l.values().all(|&v| v == 0)

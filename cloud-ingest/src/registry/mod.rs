@@ -21,13 +21,23 @@ pub mod side_producer;
 pub mod worker;
 
 use crate::config::Settings;
-use crate::metrics::{self, Metrics, Value};
+use crate::metrics::{self, Histogram, Metrics, Value};
 use anyhow::Context as _;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// How long SIGTERM waits for the batches in flight.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Bounds of `rae_registry_batch_duration_seconds`: a healthy batch
+/// commits in milliseconds; seconds mean a slow database or retries.
+const BATCH_SECONDS_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Bounds of `rae_registry_batch_records` (the default batch is 1000).
+const BATCH_RECORDS_BUCKETS: [f64; 9] = [
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 10000.0,
+];
 
 /// The registry's metrics.
 #[derive(Debug, Clone)]
@@ -39,6 +49,8 @@ pub struct RegistryMetrics {
     pub last_batch_size: Value,
     pub last_batch_latency_ms: Value,
     pub batch_latency_ms_total: Value,
+    pub batch_seconds: Histogram,
+    pub batch_size: Histogram,
     pub batch_fill_ms_total: Value,
     pub idle_ms_total: Value,
     pub applied: Value,
@@ -75,6 +87,16 @@ impl RegistryMetrics {
             batch_latency_ms_total: m.counter(
                 "rae_registry_batch_latency_ms_total",
                 "Sum of batch latencies (divide by rae_registry_batches_total).",
+            ),
+            batch_seconds: m.histogram(
+                "rae_registry_batch_duration_seconds",
+                "Seconds from a batch's first attempt to its commit (database, retry backoff, side records).",
+                &BATCH_SECONDS_BUCKETS,
+            ),
+            batch_size: m.histogram(
+                "rae_registry_batch_records",
+                "Records per committed batch.",
+                &BATCH_RECORDS_BUCKETS,
             ),
             batch_fill_ms_total: m.counter(
                 "rae_registry_batch_fill_ms_total",

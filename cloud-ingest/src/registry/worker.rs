@@ -383,6 +383,8 @@ impl Worker {
         m.last_batch_size.set(items.len() as i64);
         m.last_batch_latency_ms.set(ms(took));
         m.batch_latency_ms_total.add(ms(took));
+        m.batch_seconds.observe(took.as_secs_f64());
+        m.batch_size.observe(items.len() as f64);
         m.applied.add(plan.counts.applied as i64);
         m.duplicates.add(plan.counts.duplicates as i64);
         m.gaps.add(plan.counts.gaps as i64);
