@@ -195,7 +195,6 @@ fn classify_status(key: Option<&[u8]>, value: &[u8]) -> Classified {
     match decode_status(value) {
         Ok(mut msg) => {
             msg.rae_id = rae_id;
-            msg.digest = super::boxes::digest(value);
             Classified::Status(msg)
         }
         Err(reason) => dead(DeadKind::Decode, reason),
@@ -248,7 +247,7 @@ fn decode_status(value: &[u8]) -> Result<StatusMsg, String> {
         started_ms: int("started_ms")?,
         boot_count: int("boot_count")?,
         ts_ms: int("ts_ms")?,
-        digest: 0,
+        digest: super::boxes::digest(value),
     })
 }
 
