@@ -15,7 +15,9 @@ mod registry_support;
 
 use anyhow::{ensure, Result};
 use rae_tests::mosquitto::Mosquitto;
-use registry_support::{check_complete, check_history_envelopes, wait, Cloud, Session};
+use registry_support::{
+    check_complete, check_history_envelopes, status_payload, wait, Cloud, Session,
+};
 use std::time::Duration;
 
 /// Odd: with two bridges taking turns, a session's next envelope goes
@@ -48,21 +50,9 @@ fn two_bridges_reorder_a_session_and_the_registry_applies_it_in_seq_order_withou
     let mut sessions: Vec<Session> = (0..SESSIONS)
         .map(|i| Session::new("box-two", &format!("dev{i}")))
         .collect();
-    let birth = ciborium::Value::Map(vec![
-        (
-            ciborium::Value::Text("state".into()),
-            ciborium::Value::Text("online".into()),
-        ),
-        (
-            ciborium::Value::Text("ts_ms".into()),
-            ciborium::Value::Integer(1_700_000_000_000u64.into()),
-        ),
-    ]);
-    let mut payload = Vec::new();
-    ciborium::into_writer(&birth, &mut payload)?;
     let mut msgs = vec![bridge_support::Msg {
         topic: "rae/v1/box-two/status".to_string(),
-        payload,
+        payload: status_payload("online", 1_700_000_000_000),
         retain: true,
     }];
     for seq in 1..=PER_SESSION {

@@ -454,37 +454,16 @@ fn sigterm_during_a_database_outage_exits_within_its_deadline_and_loses_nothing(
     assert_eq!(history(&cloud, &s), 20);
 }
 
-/// A box status payload as the agent builds it (docs/PROTOCOL.md §1.2).
-fn status(state: &str, ts: u64) -> Vec<u8> {
-    let v = ciborium::Value::Map(vec![
-        (
-            ciborium::Value::Text("state".into()),
-            ciborium::Value::Text(state.into()),
-        ),
-        (
-            ciborium::Value::Text("agent_version".into()),
-            ciborium::Value::Text("9.9".into()),
-        ),
-        (
-            ciborium::Value::Text("boot_count".into()),
-            ciborium::Value::Integer(4.into()),
-        ),
-        (
-            ciborium::Value::Text("ts_ms".into()),
-            ciborium::Value::Integer(ts.into()),
-        ),
-    ]);
-    let mut out = Vec::new();
-    ciborium::into_writer(&v, &mut out).unwrap();
-    out
-}
-
 #[test]
 fn box_status_records_update_the_boxes_table() {
     let cloud = Cloud::start(1, "").unwrap();
     let _reg = cloud.registry().unwrap();
     cloud
-        .send_raw(STATUS, b"rae/v1/box-s/status", &status("online", 100))
+        .send_raw(
+            STATUS,
+            b"rae/v1/box-s/status",
+            &status_payload("online", 100),
+        )
         .unwrap();
     wait("box online", CONVERGE, || {
         cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-s' AND online") == 1
@@ -496,7 +475,11 @@ fn box_status_records_update_the_boxes_table() {
         .query("UPDATE boxes SET recent_status = NULL")
         .unwrap();
     cloud
-        .send_raw(STATUS, b"rae/v1/box-s/status", &status("offline", 90))
+        .send_raw(
+            STATUS,
+            b"rae/v1/box-s/status",
+            &status_payload("offline", 90),
+        )
         .unwrap();
     wait("box offline", CONVERGE, || {
         cloud.count("SELECT count(*) FROM boxes WHERE rae_id = 'box-s' AND NOT online") == 1
@@ -535,7 +518,9 @@ fn a_lagging_bridges_copy_of_an_earlier_birth_does_not_bring_the_box_back_online
     // Across batches: each record waits for the one before to be taken.
     let across = [("online", 100), ("offline", 200), ("online", 100)];
     for (n, (state, ts)) in across.into_iter().enumerate() {
-        cloud.send_raw(STATUS, topic, &status(state, ts)).unwrap();
+        cloud
+            .send_raw(STATUS, topic, &status_payload(state, ts))
+            .unwrap();
         wait(&format!("status record {n} taken"), CONVERGE, || {
             taken(&cloud) == n as i64 + 1
         })
@@ -550,7 +535,9 @@ fn a_lagging_bridges_copy_of_an_earlier_birth_does_not_bring_the_box_back_online
     // Back to back (usually one batch): a new birth and will, then B's late
     // copy of that birth.
     for (state, ts) in [("online", 300), ("offline", 400), ("online", 300)] {
-        cloud.send_raw(STATUS, topic, &status(state, ts)).unwrap();
+        cloud
+            .send_raw(STATUS, topic, &status_payload(state, ts))
+            .unwrap();
     }
     wait("the second late copy taken", CONVERGE, || {
         taken(&cloud) == 6

@@ -528,3 +528,17 @@ pub fn attrs(pairs: &[(&str, i64)]) -> Attrs {
         .map(|(k, v)| (k.to_string(), AttrValue::Int(*v)))
         .collect()
 }
+
+/// A box status payload as the agent builds it (docs/PROTOCOL.md §1.2).
+pub fn status_payload(state: &str, ts: u64) -> Vec<u8> {
+    let text = |s: &str| ciborium::Value::Text(s.into());
+    let v = ciborium::Value::Map(vec![
+        (text("state"), text(state)),
+        (text("agent_version"), text("9.9")),
+        (text("boot_count"), ciborium::Value::Integer(4.into())),
+        (text("ts_ms"), ciborium::Value::Integer(ts.into())),
+    ]);
+    let mut out = Vec::new();
+    ciborium::into_writer(&v, &mut out).expect("CBOR into a Vec");
+    out
+}
