@@ -8,6 +8,7 @@
 //! RAE_BENCH_BURST_MAX=100000 cargo bench -p rae-tests --bench registry   # skip the 1M run
 //! RAE_BENCH_PRELOAD_BATCH=100 …   # bridge-shaped record batches of up to 100 records (default 250)
 //! RAE_BENCH_ONLY_BRIDGE_SHAPED=5 …  # only the bridge-shaped throughput run, 5 times (repeat it cheaply)
+//! RAE_BENCH_TIMELINE=1 …          # + each drain's rate and cores busy per 200 ms
 //! ```
 //!
 //! 1. Throughput: N envelopes (1000 sessions, attached + changes) are
@@ -30,10 +31,13 @@
 
 #[path = "support/apply.rs"]
 mod apply;
+#[path = "support/drain.rs"]
+mod drain;
 #[path = "../tests/registry_support/mod.rs"]
 mod registry_support;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
+use drain::drain;
 use rae_protocol::Envelope;
 use rae_tests::postgres::Postgres;
 use rdkafka::producer::Producer;
@@ -114,170 +118,6 @@ fn preload(cloud: &Cloud, envs: &[Envelope], batching: Batching) -> Result<Durat
     }
     p.flush(Duration::from_secs(300))?;
     Ok(started.elapsed())
-}
-
-fn vm_hwm_kib(pid: i32) -> Option<u64> {
-    status_kib(pid, "VmHWM:")
-}
-
-fn status_kib(pid: i32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// utime + stime of `pid` in seconds.
-fn cpu_secs(pid: i32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are
-    // fields 14 and 15 of the whole line.
-    let rest = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks / hz.max(1) as f64)
-}
-
-impl Drain {
-    /// Events/s from the first committed batch to the last (group join
-    /// and first fetch excluded).
-    fn steady_rate(&self, n: i64) -> Option<f64> {
-        let (t, first) = self.first_batch?;
-        (self.secs > t).then(|| (n - first) as f64 / (self.secs - t))
-    }
-}
-
-struct Drain {
-    /// (batches, records in batches, sum of batch latencies in ms).
-    batches: (i64, i64, i64),
-    secs: f64,
-    /// Seconds from process start to the first committed batch (group
-    /// join, first fetch, first batch), and the records it held.
-    first_batch: Option<(f64, i64)>,
-    /// Sums over pipelines, in ms: waiting for a batch's first record;
-    /// collecting the rest of a batch.
-    pipeline_ms: (i64, i64),
-    /// CPU seconds (user + system) of the registry process.
-    cpu_secs: f64,
-    /// CPU seconds of PostgreSQL (every backend) and of Tansu over the
-    /// drain, process start to exit (same span as `cpu_secs`).
-    pg_cpu_secs: Option<f64>,
-    tansu_cpu_secs: Option<f64>,
-    peak_rss_kib: u64,
-    /// VmRSS when the first batch was seen committed (clients connected,
-    /// group joined, first fetch buffered).
-    rss_first_batch_kib: u64,
-    lag_zero_after_secs: Option<f64>,
-}
-
-fn drain(cloud: &Cloud, n: i64) -> Result<Drain> {
-    let tansu_cpu = || cloud.kafka.pid().and_then(|p| cpu_secs(p as i32));
-    let (pg_cpu0, tansu_cpu0) = (cloud.pg.cpu_secs(), tansu_cpu());
-    let started = Instant::now();
-    let mut reg = Registry::start_binary(
-        &cloud.config,
-        &cloud.dir.path().join("registry-bench.log"),
-        binary(HINT)?,
-    )?;
-    let pid = reg.pid();
-    let mut peak = 0;
-    let mut first_batch = None;
-    let mut rss_first_batch_kib = 0;
-    let mut done = 0;
-    let secs = loop {
-        peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
-        // Records in committed batches, from /metrics (one scrape per
-        // poll): a count(*) of a growing table every poll would load the
-        // database under test. Polled every 50 ms: a 100k drain takes
-        // 1.5-3.5 s, and the 250 ms of earlier runs added up to a quarter
-        // of a second to it. Each scrape also costs the registry some CPU,
-        // hence not faster.
-        let values = cloud
-            .metric_values(&[
-                "rae_registry_batch_records_total",
-                "rae_registry_gaps_total",
-            ])
-            .unwrap_or_default();
-        let at = started.elapsed().as_secs_f64();
-        let value = |i: usize| values.get(i).copied().flatten();
-        done = value(0).unwrap_or(done);
-        if done > 0 && first_batch.is_none() {
-            first_batch = Some((at, done));
-            rss_first_batch_kib = status_kib(pid, "VmRSS:").unwrap_or(0);
-        }
-        if done >= n && cloud.count("SELECT count(*) FROM device_events") >= n {
-            break at;
-        }
-        // The streams have no gap: a gap means records were skipped
-        // (Tansu 0.6.0 after a fetch from inside a multi-record batch, see
-        // `Batching`), and the drain would never complete.
-        let gaps = value(1).unwrap_or(0);
-        ensure!(
-            gaps == 0,
-            "records were skipped: the registry counted {gaps} gaps and {} offsets the broker \
-             jumped over ({done}/{n} records in batches)",
-            cloud
-                .metric("rae_registry_offsets_skipped_total")
-                .unwrap_or(0)
-        );
-        ensure!(
-            started.elapsed() < Duration::from_secs(3600),
-            "drain did not finish: {done}/{n}\n{}",
-            reg.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let cpu_secs = cpu_secs(pid).unwrap_or(0.0);
-    // Same moment: PostgreSQL's live backends count with the server
-    // (`Postgres::cpu_secs`), so its figure needs no disconnect.
-    let pg_cpu_secs = cloud.pg.cpu_secs().zip(pg_cpu0).map(|(b, a)| b - a);
-    let tansu_cpu_secs = tansu_cpu().zip(tansu_cpu0).map(|(b, a)| b - a);
-    // Lag gauges come from librdkafka statistics every 5 s.
-    let lag_deadline = Instant::now() + Duration::from_secs(30);
-    let mut lag_zero_after_secs = None;
-    while Instant::now() < lag_deadline {
-        if let Some(total) = cloud.lag_total() {
-            if total == 0 {
-                lag_zero_after_secs = Some(started.elapsed().as_secs_f64());
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    peak = peak.max(vm_hwm_kib(pid).unwrap_or(0));
-    let m = |name| cloud.metric(name).unwrap_or(0);
-    let batches = (
-        m("rae_registry_batches_total"),
-        m("rae_registry_batch_records_total"),
-        m("rae_registry_batch_latency_ms_total"),
-    );
-    let pipeline_ms = (
-        m("rae_registry_idle_ms_total"),
-        m("rae_registry_batch_fill_ms_total"),
-    );
-    reg.terminate(Duration::from_secs(30))?;
-    if std::env::var_os("RAE_BENCH_REGISTRY_LOG").is_some() {
-        // Numbered per drain: the two throughput runs drain the same n.
-        static DRAINS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let run = DRAINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let kept = std::env::temp_dir().join(format!("rae-bench-registry-{run}-{n}.log"));
-        std::fs::copy(cloud.dir.path().join("registry-bench.log"), &kept)?;
-        println!("registry log kept in {}", kept.display());
-    }
-    Ok(Drain {
-        batches,
-        secs,
-        first_batch,
-        pipeline_ms,
-        cpu_secs,
-        pg_cpu_secs,
-        tansu_cpu_secs,
-        peak_rss_kib: peak,
-        rss_first_batch_kib,
-        lag_zero_after_secs,
-    })
 }
 
 /// `RAE_BENCH_KAFKA_PROPERTIES="k=v,k=v"`: extra `[kafka.properties]`

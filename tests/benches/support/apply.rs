@@ -191,7 +191,7 @@ async fn pipeline(
 
 /// utime + stime of this process, in seconds.
 fn own_cpu_secs() -> Option<f64> {
-    crate::cpu_secs(i32::try_from(std::process::id()).ok()?)
+    crate::drain::cpu_secs(i32::try_from(std::process::id()).ok()?)
 }
 
 fn now_ms() -> u64 {
