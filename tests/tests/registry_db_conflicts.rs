@@ -22,8 +22,9 @@ const GROUP: &str = "rae-registry";
 /// its sequence's next value is within its budget (`fault_budget`, 0 =
 /// off); `nextval` is not rolled back with the failed transaction, so
 /// each failure uses up one unit of the budget. Two triggers use it:
-/// - `inject_deadlock`: the session upsert's statement fails with 40P01
-///   (statement-level trigger), mid-batch.
+/// - `inject_deadlock`: a statement writing sessions (the upsert of new
+///   or loaded ones, or the compare-and-set of ones the pipeline knows)
+///   fails with 40P01 (statement-level trigger), mid-batch.
 /// - `inject_serialization_failure`: a deferred constraint trigger on
 ///   history rows, so COMMIT itself fails with 40001 after every statement
 ///   of the batch succeeded.
@@ -39,15 +40,15 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER inject_deadlock AFTER INSERT ON device_sessions FOR EACH STATEMENT
+CREATE TRIGGER inject_deadlock AFTER INSERT OR UPDATE ON device_sessions FOR EACH STATEMENT
     EXECUTE FUNCTION inject_fault('statement_faults', '40P01', 'injected deadlock');
 CREATE CONSTRAINT TRIGGER inject_serialization_failure AFTER INSERT ON device_events
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION inject_fault('commit_faults', '40001', 'injected serialization failure at commit');
 ";
 
-/// Arms the faults: the next `statement` session upserts and the next
-/// `commit` COMMITs of batches with history rows fail.
+/// Arms the faults: the next `statement` statements that write sessions
+/// fail, and so do the next `commit` COMMITs of batches with history rows.
 fn arm(cloud: &Cloud, statement: i64, commit: i64) {
     cloud
         .pg
@@ -133,7 +134,7 @@ fn deadlocks_and_serialization_failures_at_commit_are_retried_on_the_same_connec
     let backends = registry_backends(&cloud);
     assert!(!backends.is_empty(), "no registry connection seen");
 
-    // Two deadlocks in the session upsert, then two serialization
+    // Two deadlocks in a statement writing sessions, then two serialization
     // failures at COMMIT: four failed attempts of the next batch(es).
     arm(&cloud, 2, 2);
     let (sessions, all) = three_sessions(40);

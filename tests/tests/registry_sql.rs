@@ -3,14 +3,18 @@
 //! `write::apply` + COMMIT, exactly what a pipeline does, then the tables
 //! read back row by row. The Kafka tests only ever add and update
 //! attributes; this one also removes them, replaces them by a checkpoint,
-//! trims the history, ends a session and moves a device to a new one.
+//! trims the history, ends a session and moves a device to a new one. And
+//! two pipelines on one partition (a rebalance): the one that knows a
+//! session from its own last batch must not overwrite what the other wrote
+//! since.
 
 mod registry_support;
 
 use anyhow::{ensure, Result};
 use rae_cloud_ingest::db::write::{self, HistoryInsert};
-use rae_cloud_ingest::db::{self, migrate};
+use rae_cloud_ingest::db::{self, migrate, DbError};
 use rae_cloud_ingest::registry::classify::{classify, Source};
+use rae_cloud_ingest::registry::known::Known;
 use rae_cloud_ingest::registry::plan::{Item, Plan, Policy};
 use rae_protocol::Envelope;
 use rae_tests::postgres::Postgres;
@@ -29,6 +33,11 @@ struct Pipeline {
     client: tokio_postgres::Client,
     st: write::Statements,
     offset: i64,
+    /// The sessions this pipeline committed, as the registry's keep them.
+    known: Known,
+    /// Batches whose compare-and-set of known sessions missed (each then
+    /// planned again from loaded rows, as the registry's pipeline does).
+    misses: usize,
 }
 
 impl Pipeline {
@@ -47,6 +56,8 @@ impl Pipeline {
             client,
             st,
             offset: 0,
+            known: Known::default(),
+            misses: 0,
         })
     }
 
@@ -67,17 +78,37 @@ impl Pipeline {
             .collect()
     }
 
-    /// One batch in one transaction; the plan it wrote.
-    fn apply(&mut self, envs: &[Envelope], history: HistoryInsert) -> Result<Plan> {
+    /// One batch in one transaction; the plan it wrote. As the registry's
+    /// pipeline does, a missed compare-and-set of known sessions rolls
+    /// back, forgets them and applies the batch again, and so does a plain
+    /// history insert that met a stored row, then with `ON CONFLICT`.
+    fn apply(&mut self, envs: &[Envelope], mut history: HistoryInsert) -> Result<Plan> {
         let items = self.items(envs)?;
-        let (client, st) = (&mut self.client, &self.st);
+        let (client, st, known) = (&mut self.client, &self.st, &mut self.known);
+        let misses = &mut self.misses;
         self.rt.block_on(async {
-            let tx = client.transaction().await?;
-            let (plan, covered) =
-                write::apply(&tx, st, &items, 1_700_000_000_000, &POLICY, history, None).await?;
-            ensure!(covered == items.len(), "the batch was cut at {covered}");
-            tx.commit().await?;
-            Ok(plan)
+            loop {
+                let tx = client.transaction().await?;
+                let t = 1_700_000_000_000;
+                let applied =
+                    match write::apply(&tx, st, &items, known, t, &POLICY, history, None).await {
+                        Err(DbError::SessionsChanged { .. }) if !known.is_empty() => {
+                            *misses += 1;
+                            known.forget();
+                            continue;
+                        }
+                        Err(e) if e.is_unique_violation() && history == HistoryInsert::Fast => {
+                            history = HistoryInsert::OnConflict;
+                            continue;
+                        }
+                        other => other?,
+                    };
+                let covered = applied.covered;
+                ensure!(covered == items.len(), "the batch was cut at {covered}");
+                tx.commit().await?;
+                known.committed(applied.loaded, &applied.plan.sessions);
+                return Ok(applied.plan);
+            }
         })
     }
 }
@@ -177,5 +208,52 @@ fn removals_checkpoints_history_trims_and_a_new_session_reach_the_tables_exactly
         a2.id.to_string()
     );
     assert_eq!(pg.scalar("SELECT count(*) FROM devices")?, "1");
+    Ok(())
+}
+
+#[test]
+fn a_pipeline_does_not_overwrite_a_session_another_consumer_advanced_since_its_last_batch(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pg = Postgres::start(dir.path())?;
+    let mut old_owner = Pipeline::connect(&pg)?;
+    let mut a = Session::new("box-1", "dev-1");
+    old_owner.apply(
+        &[a.attached(&[("a", 1)]), a.changed(&[("a", 2)])],
+        HistoryInsert::Fast,
+    )?;
+    assert_eq!(
+        old_owner.known.len(),
+        1,
+        "the session is known after its batch"
+    );
+
+    // A rebalance: the new owner applies seq 3..5 while the old owner
+    // still holds its batch of seq 3..4 (the same records).
+    let (s3, s4, s5) = (
+        a.changed(&[("a", 3)]),
+        a.changed(&[("a", 4)]),
+        a.changed(&[("a", 5)]),
+    );
+    let mut new_owner = Pipeline::connect(&pg)?;
+    new_owner.apply(&[s3.clone(), s4.clone(), s5], HistoryInsert::Fast)?;
+    assert_eq!(attributes(&pg, &a)?, ["a=5@5"]);
+
+    // The old owner planned from its known state (seq 2), so its writes
+    // must miss and the batch be planned again from the stored row: seq 3
+    // and 4 are then duplicates. Trusted blindly, the known state would
+    // set the attribute back to seq 4's value.
+    let plan = old_owner.apply(&[s3, s4], HistoryInsert::Fast)?;
+    assert_eq!(attributes(&pg, &a)?, ["a=5@5"]);
+    assert_eq!(history(&pg, &a)?, [3, 4, 5]);
+    assert_eq!(session_row(&pg, &a)?, "5 false -");
+    assert!(plan.history.is_empty(), "replayed records planned history");
+    assert_eq!(old_owner.misses, 1, "the compare-and-set missed once");
+
+    // Its next batch plans from the state it loaded: no miss.
+    old_owner.apply(&[a.changed(&[("a", 6)])], HistoryInsert::Fast)?;
+    assert_eq!(old_owner.misses, 1);
+    assert_eq!(attributes(&pg, &a)?, ["a=6@6"]);
+    assert_eq!(session_row(&pg, &a)?, "6 false -");
     Ok(())
 }

@@ -47,6 +47,10 @@ pub enum DbError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("the database schema is not migrated (version {found}, need {needed}); run `rae-cloud-ingest migrate`")]
     SchemaTooOld { found: i64, needed: i64 },
+    /// A compare-and-set of sessions this pipeline knew missed
+    /// (`registry::known`): another writer changed them since.
+    #[error("{changed} of {expected} device sessions changed since this pipeline committed them (another consumer of the partition during a rebalance, or a commit whose answer was lost); the batch is planned again from loaded rows")]
+    SessionsChanged { expected: usize, changed: usize },
 }
 
 /// `e` and its sources, joined by ": ".

@@ -1,7 +1,7 @@
-//! The registry's writes: load the sessions a batch names (locked), plan,
-//! load the status digests of the boxes it names (locked; status batches
-//! only) and plan their status, then write the [`Plan`] in the same
-//! transaction.
+//! The registry's writes: load the sessions a batch names that its
+//! pipeline does not know (locked; [`Known`]), plan, load the status
+//! digests of the boxes it names (locked; status batches only) and plan
+//! their status, then write the [`Plan`] in the same transaction.
 //!
 //! Invariants: each kind of device row is written with one statement per
 //! batch (arrays bound as parameters and expanded by one `unnest` per
@@ -11,15 +11,20 @@
 //! `INSERT … ON CONFLICT` or a keyed `DELETE`, except history rows the
 //! plan knows to be new (a plain `INSERT`; should one exist after all, the
 //! batch fails with 23505 and is retried with `ON CONFLICT`,
-//! [`HistoryInsert`]); session rows are locked
-//! (`SELECT … FOR UPDATE`, in key order) before planning, so two
-//! consumers briefly owning one partition during a rebalance serialize and
-//! the second sees the first one's `last_seq`; a session row never moves
-//! back (`WHERE last_seq <= excluded.last_seq`); every statement is
-//! prepared once per connection ([`Statements`]), not parsed per batch.
+//! [`HistoryInsert`]); session rows the pipeline does not know are locked
+//! (`SELECT … FOR UPDATE`, in key order) before planning, and the ones it
+//! knows are written by a compare-and-set on every column a batch changes
+//! (locking them, in key order, before any other row is written; a miss
+//! fails the batch with [`DbError::SessionsChanged`] and the pipeline
+//! plans it again from loaded rows), so two consumers briefly owning one
+//! partition during a rebalance serialize and the second sees the first
+//! one's `last_seq`; a session row never moves back (`WHERE last_seq <=
+//! excluded.last_seq`); every statement is prepared once per connection
+//! ([`Statements`]), not parsed per batch.
 
 use super::{col, sql, DbError};
 use crate::registry::boxes::{self, boxes_needed, plan_boxes, Recent};
+use crate::registry::known::Known;
 use crate::registry::plan::{
     plan_with_deferral, sessions_needed, Item, Plan, Policy, SessionState,
 };
@@ -57,6 +62,7 @@ pub fn render_value(v: &AttrValue) -> (&'static str, String) {
 pub struct Statements {
     load_sessions: Statement,
     sessions: Statement,
+    sessions_cas: Statement,
     devices: Statement,
     attrs_replace: Statement,
     attrs_remove: Statement,
@@ -89,6 +95,12 @@ impl Statements {
                 client,
                 SESSIONS_SQL,
                 "prepare the statement to write device sessions",
+            )
+            .await?,
+            sessions_cas: prepare(
+                client,
+                SESSIONS_CAS_SQL,
+                "prepare the statement to update known device sessions",
             )
             .await?,
             devices: prepare(
@@ -168,6 +180,34 @@ const SESSIONS_SQL: &str = "INSERT INTO device_sessions (session_id, rae_id, dev
              updated_at = excluded.updated_at
          WHERE device_sessions.last_seq <= excluded.last_seq";
 
+/// Sessions the pipeline knows (`registry::known`): each row is updated
+/// only if it still holds the state the batch planned from (`was_*`,
+/// compared as `IS NOT DISTINCT FROM` where NULL is possible); the caller
+/// compares the count of updated rows. `rae_id` and `device_id` never
+/// change. Rows are given in key order, so concurrent batches lock them in
+/// one order.
+const SESSIONS_CAS_SQL: &str = "UPDATE device_sessions AS s SET
+             last_seq = t.last_seq, stale = t.stale, stale_expected = t.stale_expected,
+             stale_got = t.stale_got, last_resync_ms = t.last_resync_ms, started_ms = t.started_ms,
+             ended_ms = t.ended_ms, end_reason = t.end_reason, updated_at = now()
+         FROM (SELECT unnest($1::uuid[]) AS session_id, unnest($2::bigint[]) AS last_seq,
+                      unnest($3::bool[]) AS stale, unnest($4::bigint[]) AS stale_expected,
+                      unnest($5::bigint[]) AS stale_got, unnest($6::bigint[]) AS last_resync_ms,
+                      unnest($7::bigint[]) AS started_ms, unnest($8::bigint[]) AS ended_ms,
+                      unnest($9::text[]) AS end_reason, unnest($10::bigint[]) AS was_last_seq,
+                      unnest($11::bool[]) AS was_stale, unnest($12::bigint[]) AS was_expected,
+                      unnest($13::bigint[]) AS was_got, unnest($14::bigint[]) AS was_resync,
+                      unnest($15::bigint[]) AS was_started, unnest($16::bigint[]) AS was_ended,
+                      unnest($17::text[]) AS was_reason) AS t
+         WHERE s.session_id = t.session_id
+           AND s.last_seq = t.was_last_seq AND s.stale = t.was_stale
+           AND s.stale_expected IS NOT DISTINCT FROM t.was_expected
+           AND s.stale_got IS NOT DISTINCT FROM t.was_got
+           AND s.last_resync_ms IS NOT DISTINCT FROM t.was_resync
+           AND s.started_ms IS NOT DISTINCT FROM t.was_started
+           AND s.ended_ms IS NOT DISTINCT FROM t.was_ended
+           AND s.end_reason IS NOT DISTINCT FROM t.was_reason";
+
 const DEVICES_SQL: &str =
     "INSERT INTO devices (rae_id, device_id, current_session_id, first_seen_at, updated_at)
          SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::uuid[]), now(), now()
@@ -224,30 +264,49 @@ const BOXES_SQL: &str = "INSERT INTO boxes (rae_id, online, agent_version, start
                  recent_status = excluded.recent_status,
                  updated_at = excluded.updated_at";
 
+/// What [`apply`] did.
+#[derive(Debug)]
+pub struct Applied {
+    pub plan: Plan,
+    /// How many of the items (a prefix) the plan covers.
+    pub covered: usize,
+    /// The session rows it loaded (locked): with the plan's sessions, what
+    /// [`Known::committed`] takes once the transaction has committed.
+    pub loaded: HashMap<Uuid, SessionState>,
+}
+
 /// One batch's database work inside `tx`: load and lock the sessions the
-/// batch names, plan the batch against them ([`plan_with_deferral`], pure;
-/// `defer` as there) and write the plan, history as `history` says.
-/// Returns the plan and how many of `items` (a prefix) it covers. The
-/// caller produces the plan's side records (dead letters, resyncs) and
-/// then commits; nothing here commits.
+/// batch names that `known` does not hold, plan the batch against those
+/// and the known ones ([`plan_with_deferral`], pure; `defer` as there) and
+/// write the plan, history as `history` says. The caller produces the
+/// plan's side records (dead letters, resyncs), commits, and then tells
+/// `known` ([`Known::committed`]); nothing here commits.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     tx: &Transaction<'_>,
     st: &Statements,
     items: &[Item],
+    known: &Known,
     now_ms: u64,
     policy: &Policy,
     history: HistoryInsert,
     defer: Option<usize>,
-) -> Result<(Plan, usize), DbError> {
-    let loaded = load_sessions(tx, st, &sessions_needed(items)).await?;
-    let (mut plan, covered) = plan_with_deferral(items, &loaded, now_ms, policy, defer);
+) -> Result<Applied, DbError> {
+    let (mut states, missing) = known.split(&sessions_needed(items));
+    let loaded = load_sessions(tx, st, &missing).await?;
+    states.extend(loaded.iter().map(|(id, s)| (*id, s.clone())));
+    let (mut plan, covered) = plan_with_deferral(items, &states, now_ms, policy, defer);
     let names = boxes_needed(&items[..covered]);
     if !names.is_empty() {
         let stored = load_boxes(tx, st, &names).await?;
         plan.boxes = plan_boxes(&items[..covered], &stored, now_ms, &mut plan.counts);
     }
-    write_plan(tx, st, items, &plan, policy, history).await?;
-    Ok((plan, covered))
+    write_plan(tx, st, items, &plan, known, policy, history).await?;
+    Ok(Applied {
+        plan,
+        covered,
+        loaded,
+    })
 }
 
 /// How [`apply`] writes history rows.
@@ -328,47 +387,134 @@ pub async fn write_plan(
     st: &Statements,
     items: &[Item],
     plan: &Plan,
+    known: &Known,
     policy: &Policy,
     history: HistoryInsert,
 ) -> Result<(), DbError> {
-    write_sessions(tx, st, plan).await?;
+    write_known_sessions(tx, st, plan, known).await?;
+    write_sessions(tx, st, plan, known).await?;
     write_devices(tx, st, plan).await?;
     write_attributes(tx, st, plan).await?;
     write_history(tx, st, items, plan, policy, history).await?;
     write_boxes(tx, st, plan).await
 }
 
-async fn write_sessions(tx: &Transaction<'_>, st: &Statements, plan: &Plan) -> Result<(), DbError> {
-    if plan.sessions.is_empty() {
+/// The plan's sessions that `known` holds, by compare-and-set against the
+/// state the plan started from; a miss is [`DbError::SessionsChanged`].
+async fn write_known_sessions(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    plan: &Plan,
+    known: &Known,
+) -> Result<(), DbError> {
+    let rows: Vec<(&Uuid, &SessionState, &SessionState)> = plan
+        .sessions
+        .iter()
+        .filter_map(|(id, s)| Some((id, s, known.get(id)?)))
+        .collect();
+    if rows.is_empty() {
         return Ok(());
     }
-    let n = plan.sessions.len();
-    let (mut ids, mut rae, mut dev, mut last, mut stale) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut exp, mut got, mut resync, mut started, mut ended, mut reason) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (id, s) in &plan.sessions {
-        ids.push(*id);
-        rae.push(s.rae_id.as_str());
-        dev.push(s.device_id.as_str());
-        last.push(to_i64(s.last_seq));
-        stale.push(s.stale);
-        exp.push(opt_i64(s.stale_gap.map(|g| g.0)));
-        got.push(opt_i64(s.stale_gap.map(|g| g.1)));
-        resync.push(opt_i64(s.last_resync_ms));
-        started.push(opt_i64(s.started_ms));
-        ended.push(opt_i64(s.ended_ms));
-        reason.push(s.end_reason.as_deref());
+    let ids: Vec<Uuid> = rows.iter().map(|r| *r.0).collect();
+    let new = SessionColumns::of(rows.iter().map(|r| r.1));
+    let was = SessionColumns::of(rows.iter().map(|r| r.2));
+    let updated = tx
+        .execute(
+            &st.sessions_cas,
+            &[
+                &ids,
+                &new.last,
+                &new.stale,
+                &new.exp,
+                &new.got,
+                &new.resync,
+                &new.started,
+                &new.ended,
+                &new.reason,
+                &was.last,
+                &was.stale,
+                &was.exp,
+                &was.got,
+                &was.resync,
+                &was.started,
+                &was.ended,
+                &was.reason,
+            ],
+        )
+        .await
+        .map_err(sql("update known device sessions"))?;
+    let updated = usize::try_from(updated).unwrap_or(usize::MAX);
+    if updated != rows.len() {
+        return Err(DbError::SessionsChanged {
+            expected: rows.len(),
+            changed: rows.len().saturating_sub(updated),
+        });
     }
+    Ok(())
+}
+
+/// The columns of session states a batch can change, one array each.
+struct SessionColumns<'a> {
+    last: Vec<i64>,
+    stale: Vec<bool>,
+    exp: Vec<Option<i64>>,
+    got: Vec<Option<i64>>,
+    resync: Vec<Option<i64>>,
+    started: Vec<Option<i64>>,
+    ended: Vec<Option<i64>>,
+    reason: Vec<Option<&'a str>>,
+}
+
+impl<'a> SessionColumns<'a> {
+    fn of(states: impl Iterator<Item = &'a SessionState>) -> SessionColumns<'a> {
+        let mut c = SessionColumns {
+            last: vec![],
+            stale: vec![],
+            exp: vec![],
+            got: vec![],
+            resync: vec![],
+            started: vec![],
+            ended: vec![],
+            reason: vec![],
+        };
+        for s in states {
+            c.last.push(to_i64(s.last_seq));
+            c.stale.push(s.stale);
+            c.exp.push(opt_i64(s.stale_gap.map(|g| g.0)));
+            c.got.push(opt_i64(s.stale_gap.map(|g| g.1)));
+            c.resync.push(opt_i64(s.last_resync_ms));
+            c.started.push(opt_i64(s.started_ms));
+            c.ended.push(opt_i64(s.ended_ms));
+            c.reason.push(s.end_reason.as_deref());
+        }
+        c
+    }
+}
+
+/// The plan's sessions that `known` does not hold (loaded or new): upserted.
+async fn write_sessions(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    plan: &Plan,
+    known: &Known,
+) -> Result<(), DbError> {
+    let rows: Vec<(&Uuid, &SessionState)> = plan
+        .sessions
+        .iter()
+        .filter(|(id, _)| known.get(id).is_none())
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| *r.0).collect();
+    let rae: Vec<&str> = rows.iter().map(|r| r.1.rae_id.as_str()).collect();
+    let dev: Vec<&str> = rows.iter().map(|r| r.1.device_id.as_str()).collect();
+    let c = SessionColumns::of(rows.iter().map(|r| r.1));
     tx.execute(
         &st.sessions,
         &[
-            &ids, &rae, &dev, &last, &stale, &exp, &got, &resync, &started, &ended, &reason,
+            &ids, &rae, &dev, &c.last, &c.stale, &c.exp, &c.got, &c.resync, &c.started, &c.ended,
+            &c.reason,
         ],
     )
     .await
@@ -512,6 +658,7 @@ mod tests {
             LOAD_SESSIONS_SQL,
             LOAD_BOXES_SQL,
             SESSIONS_SQL,
+            SESSIONS_CAS_SQL,
             DEVICES_SQL,
             ATTRS_REPLACE_SQL,
             ATTRS_REMOVE_SQL,

@@ -537,6 +537,7 @@ impl Dispatcher {
             shared: self.shared.clone(),
             db: None,
             history: crate::db::write::HistoryInsert::Fast,
+            known: Default::default(),
         };
         self.workers.spawn(worker.run());
         self.pipelines.insert(

@@ -16,6 +16,7 @@ pub mod boxes;
 pub mod classify;
 pub mod dispatch;
 pub mod kafka;
+pub mod known;
 pub mod plan;
 pub mod side_producer;
 pub mod worker;
@@ -136,7 +137,7 @@ impl RegistryMetrics {
             ),
             db_conflicts: m.counter(
                 "rae_registry_db_conflicts_total",
-                "Batch attempts failed by serialization failure or deadlock.",
+                "Batch attempts failed by serialization failure, deadlock, or a session changed by another writer since this pipeline knew it.",
             ),
             paused: m.gauge(
                 "rae_registry_retrying",

@@ -15,6 +15,10 @@
 //!   dispatcher pauses the partition once the channel is full) and the
 //!   batch is retried with capped exponential backoff; serialization
 //!   failures (40001) and deadlocks are retried the same way;
+//! - the sessions a committed batch loaded or wrote are kept
+//!   ([`super::known`]) and trusted only through the compare-and-set of
+//!   `db::write`; a miss forgets them all and the batch is retried at once
+//!   from loaded rows (the retry knows nothing, so it cannot miss again);
 //! - on revoke the batch in flight is abandoned at the next retry point
 //!   (nothing of it was committed; the new owner redelivers it); on
 //!   shutdown it is finished (retried until the shutdown deadline).
@@ -22,6 +26,7 @@
 use super::classify::{classify, Source};
 use super::dispatch::{Record, RegistryContext};
 use super::kafka::{command_headers, dlq_headers, dlq_value, resync_payload};
+use super::known::Known;
 use super::plan::{Item, Plan, Policy};
 use super::side_producer::SideProducer;
 use super::RegistryMetrics;
@@ -89,6 +94,9 @@ pub struct Worker {
     /// How the next attempt writes history: [`HistoryInsert::OnConflict`]
     /// for the retry of a batch whose plain insert met an existing row.
     pub history: HistoryInsert,
+    /// The sessions this pipeline committed: not loaded again
+    /// ([`super::known`]).
+    pub known: Known,
 }
 
 /// One pipeline counted in the `rae_registry_retrying` gauge while alive.
@@ -258,6 +266,18 @@ impl Worker {
                     self.history = HistoryInsert::Fast;
                     return Some(covered);
                 }
+                Err(BatchError::Db(e @ DbError::SessionsChanged { .. })) => {
+                    // Retried at once from loaded rows; that attempt knows
+                    // no session, so it cannot miss again this way.
+                    log::info!(
+                        "{}[{}]: batch of {}: {e}",
+                        self.topic,
+                        self.partition,
+                        items.len()
+                    );
+                    self.known.forget();
+                    self.shared.metrics.db_conflicts.inc();
+                }
                 Err(BatchError::Db(e))
                     if e.is_unique_violation() && self.history == HistoryInsert::Fast =>
                 {
@@ -359,20 +379,23 @@ impl Worker {
             .transaction()
             .await
             .map_err(db::sql("begin a transaction"))?;
-        let (plan, covered) = write::apply(
+        let applied = write::apply(
             &tx,
             &conn.statements,
             items,
+            &self.known,
             now_ms(),
             &self.shared.policy,
             self.history,
             defer,
         )
         .await?;
+        let (plan, covered) = (applied.plan, applied.covered);
         produce_side_records(&self.shared, &self.topic, &items[..covered], &plan).await?;
         tx.commit()
             .await
             .map_err(db::sql("commit the batch transaction"))?;
+        self.known.committed(applied.loaded, &plan.sessions);
         Ok((plan, covered))
     }
 

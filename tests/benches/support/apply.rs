@@ -15,6 +15,7 @@ use anyhow::{ensure, Context, Result};
 use rae_cloud_ingest::db::write::HistoryInsert;
 use rae_cloud_ingest::db::{self, migrate, write};
 use rae_cloud_ingest::registry::classify::{classify, Source};
+use rae_cloud_ingest::registry::known::Known;
 use rae_cloud_ingest::registry::plan::{Item, Policy};
 use rae_protocol::Envelope;
 use std::time::Instant;
@@ -142,6 +143,8 @@ async fn pipeline(
     let st = write::Statements::prepare(&client).await?;
     let (mut batches, mut busy) = (0, 0.0);
     let mut offset = 0i64;
+    // The sessions this stream committed, kept as a pipeline keeps them.
+    let mut known = Known::default();
     for chunk in stream.chunks(batch) {
         let started = Instant::now();
         let items: Vec<Item> = chunk
@@ -162,21 +165,24 @@ async fn pipeline(
             })
             .collect();
         let tx = client.transaction().await?;
-        let (plan, covered) = write::apply(
+        let applied = write::apply(
             &tx,
             &st,
             &items,
+            &known,
             now_ms(),
             &POLICY,
             HistoryInsert::Fast,
             Some(0),
         )
         .await?;
+        let (plan, covered) = (applied.plan, applied.covered);
         ensure!(
             covered == items.len(),
             "the bench's envelopes are gapless, yet a batch was cut"
         );
         tx.commit().await?;
+        known.committed(applied.loaded, &plan.sessions);
         ensure!(
             plan.dead.is_empty() && plan.resyncs.is_empty(),
             "the bench's envelopes are clean and gapless, yet the plan has {} dead letters and {} resyncs",
