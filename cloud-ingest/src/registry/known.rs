@@ -97,15 +97,8 @@ mod tests {
 
     fn state(last_seq: u64) -> SessionState {
         SessionState {
-            rae_id: "box".into(),
-            device_id: "dev".into(),
             last_seq,
-            stale: false,
-            stale_gap: None,
-            last_resync_ms: None,
-            started_ms: None,
-            ended_ms: None,
-            end_reason: None,
+            ..SessionState::new("box".into(), "dev".into())
         }
     }
 

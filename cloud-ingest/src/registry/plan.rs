@@ -46,6 +46,23 @@ pub struct SessionState {
     pub end_reason: Option<String>,
 }
 
+impl SessionState {
+    /// A session of `device_id` on `rae_id` with nothing applied yet.
+    pub fn new(rae_id: String, device_id: String) -> SessionState {
+        SessionState {
+            rae_id,
+            device_id,
+            last_seq: 0,
+            stale: false,
+            stale_gap: None,
+            last_resync_ms: None,
+            started_ms: None,
+            ended_ms: None,
+            end_reason: None,
+        }
+    }
+}
+
 /// Batch policy, from `[registry]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -337,17 +354,7 @@ pub fn visit_order(items: &[Item]) -> Vec<usize> {
 }
 
 fn new_session(env: &Envelope) -> SessionState {
-    SessionState {
-        rae_id: env.rae_id.clone(),
-        device_id: env.device_id.clone(),
-        last_seq: 0,
-        stale: false,
-        stale_gap: None,
-        last_resync_ms: None,
-        started_ms: None,
-        ended_ms: None,
-        end_reason: None,
-    }
+    SessionState::new(env.rae_id.clone(), env.device_id.clone())
 }
 
 /// Applies one envelope to its session's `slot` and the plan; returns
