@@ -14,7 +14,7 @@
 //! [`HistoryInsert`]); session rows the pipeline does not know are locked
 //! (`SELECT … FOR UPDATE`, in key order) before planning, and the ones it
 //! knows are written by a compare-and-set on every column a batch changes
-//! (locking them, in key order, before any other row is written; a miss
+//! (locking them before any other row is written; a miss
 //! fails the batch with [`DbError::SessionsChanged`] and the pipeline
 //! plans it again from loaded rows), so two consumers briefly owning one
 //! partition during a rebalance serialize and the second sees the first
@@ -184,8 +184,10 @@ const SESSIONS_SQL: &str = "INSERT INTO device_sessions (session_id, rae_id, dev
 /// only if it still holds the state the batch planned from (`was_*`,
 /// compared as `IS NOT DISTINCT FROM` where NULL is possible); the caller
 /// compares the count of updated rows. `rae_id` and `device_id` never
-/// change. Rows are given in key order, so concurrent batches lock them in
-/// one order.
+/// change. Rows are given in key order, but the join's order, and so the
+/// order of the row locks, is the planner's: two consumers of one
+/// partition during a rebalance may deadlock, and the loser retries its
+/// batch (docs/CLOUD.md, SQL rules 5 and 6).
 const SESSIONS_CAS_SQL: &str = "UPDATE device_sessions AS s SET
              last_seq = t.last_seq, stale = t.stale, stale_expected = t.stale_expected,
              stale_got = t.stale_got, last_resync_ms = t.last_resync_ms, started_ms = t.started_ms,
