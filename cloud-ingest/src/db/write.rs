@@ -393,7 +393,6 @@ pub async fn write_plan(
     policy: &Policy,
     history: HistoryInsert,
 ) -> Result<(), DbError> {
-    write_known_sessions(tx, st, plan, known).await?;
     write_sessions(tx, st, plan, known).await?;
     write_devices(tx, st, plan).await?;
     write_attributes(tx, st, plan).await?;
@@ -401,19 +400,33 @@ pub async fn write_plan(
     write_boxes(tx, st, plan).await
 }
 
-/// The plan's sessions that `known` holds, by compare-and-set against the
-/// state the plan started from; a miss is [`DbError::SessionsChanged`].
-async fn write_known_sessions(
+/// The plan's sessions: those `known` holds by compare-and-set against
+/// the state the plan started from (first, so a miss,
+/// [`DbError::SessionsChanged`], comes before any other write), the others
+/// (loaded or new) by upsert.
+async fn write_sessions(
     tx: &Transaction<'_>,
     st: &Statements,
     plan: &Plan,
     known: &Known,
 ) -> Result<(), DbError> {
-    let rows: Vec<(&Uuid, &SessionState, &SessionState)> = plan
-        .sessions
-        .iter()
-        .filter_map(|(id, s)| Some((id, s, known.get(id)?)))
-        .collect();
+    let (mut rows, mut others) = (Vec::new(), Vec::new());
+    for (id, s) in &plan.sessions {
+        match known.get(id) {
+            Some(was) => rows.push((id, s, was)),
+            None => others.push((id, s)),
+        }
+    }
+    write_known_sessions(tx, st, &rows).await?;
+    upsert_sessions(tx, st, &others).await
+}
+
+/// `(id, new state, known state)` by compare-and-set.
+async fn write_known_sessions(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    rows: &[(&Uuid, &SessionState, &SessionState)],
+) -> Result<(), DbError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -493,18 +506,12 @@ impl<'a> SessionColumns<'a> {
     }
 }
 
-/// The plan's sessions that `known` does not hold (loaded or new): upserted.
-async fn write_sessions(
+/// `(id, state)` of sessions not known (loaded or new), upserted.
+async fn upsert_sessions(
     tx: &Transaction<'_>,
     st: &Statements,
-    plan: &Plan,
-    known: &Known,
+    rows: &[(&Uuid, &SessionState)],
 ) -> Result<(), DbError> {
-    let rows: Vec<(&Uuid, &SessionState)> = plan
-        .sessions
-        .iter()
-        .filter(|(id, _)| known.get(id).is_none())
-        .collect();
     if rows.is_empty() {
         return Ok(());
     }
