@@ -13,7 +13,7 @@
 //! `cargo bench -p rae-cloud-ingest --bench classify_plan`
 
 use rae_cloud_ingest::registry::classify::{classify, Source};
-use rae_cloud_ingest::registry::plan::{plan_with_deferral, Item, Policy, SessionState};
+use rae_cloud_ingest::registry::plan::{plan_with_deferral, Deferral, Item, Policy, SessionState};
 use rae_protocol::{AttrValue, Attrs, Envelope, EventKind, SCHEMA_VERSION};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -151,7 +151,8 @@ fn main() {
     let planned = best_ns(rounds, n, || {
         let mut stored: HashMap<uuid::Uuid, SessionState> = HashMap::new();
         for items in &batches {
-            let (plan, covered) = plan_with_deferral(items, &stored, 0, &POLICY, Some(0));
+            let (plan, covered) =
+                plan_with_deferral(items, &stored, 0, &POLICY, Some(Deferral::default()));
             assert_eq!(covered, items.len(), "the bench's batches are gapless");
             assert_eq!(plan.counts.applied as usize, items.len());
             stored.extend(plan.sessions);

@@ -156,6 +156,13 @@ pub struct RawRegistry {
     pub batch_max_records: Option<usize>,
     /// A batch closes this long after its first record. Default: 1000.
     pub batch_max_wait_ms: Option<u64>,
+    /// A batch that holds every record its partition had at the last fetch
+    /// (caught up with the log) closes this long after its first record
+    /// instead of waiting `batch_max_wait_ms` for records not written yet.
+    /// At most `batch_max_wait_ms`; setting it equal turns the early close
+    /// off (fewer, larger transactions at low rates, more latency).
+    /// Default: 0 (at once).
+    pub batch_linger_ms: Option<u64>,
     /// At most one resync command per session this often. Default: 60.
     pub resync_min_interval_secs: Option<u64>,
     /// Event history rows kept per device session. Default: 1000.
@@ -243,6 +250,7 @@ pub struct DatabaseSettings {
 pub struct RegistrySettings {
     pub batch_max_records: usize,
     pub batch_max_wait_ms: u64,
+    pub batch_linger_ms: u64,
     pub resync_min_interval_secs: u64,
     pub history_max_events_per_session: u32,
 }
@@ -552,17 +560,28 @@ fn validate_database(raw: RawDatabase) -> Result<DatabaseSettings, ConfigError> 
 }
 
 fn validate_registry(raw: RawRegistry) -> Result<RegistrySettings, ConfigError> {
+    let batch_max_wait_ms = in_range(
+        "registry.batch_max_wait_ms",
+        raw.batch_max_wait_ms.unwrap_or(1000),
+        1..=60_000,
+    )?;
+    let batch_linger_ms = raw.batch_linger_ms.unwrap_or(0);
+    if batch_linger_ms > batch_max_wait_ms {
+        return Err(invalid(
+            "registry.batch_linger_ms",
+            format!(
+                "is {batch_linger_ms}; expected at most registry.batch_max_wait_ms ({batch_max_wait_ms})"
+            ),
+        ));
+    }
     Ok(RegistrySettings {
         batch_max_records: in_range(
             "registry.batch_max_records",
             raw.batch_max_records.unwrap_or(1000) as u64,
             1..=100_000,
         )? as usize,
-        batch_max_wait_ms: in_range(
-            "registry.batch_max_wait_ms",
-            raw.batch_max_wait_ms.unwrap_or(1000),
-            1..=60_000,
-        )?,
+        batch_max_wait_ms,
+        batch_linger_ms,
         resync_min_interval_secs: in_range(
             "registry.resync_min_interval_secs",
             raw.resync_min_interval_secs.unwrap_or(60),
@@ -618,6 +637,7 @@ mod tests {
         assert_eq!(s.kafka.dlq_topic, "rae.device-events.dlq");
         assert_eq!(s.registry.batch_max_records, 1000);
         assert_eq!(s.registry.batch_max_wait_ms, 1000);
+        assert_eq!(s.registry.batch_linger_ms, 0);
         assert_eq!(
             s.metrics.registry_listen,
             Some("127.0.0.1:9465".parse().unwrap())
@@ -646,6 +666,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("kafka.events_topic"), "{e}");
+    }
+
+    #[test]
+    fn a_batch_linger_longer_than_the_batch_max_wait_is_rejected() {
+        let e = parse_str("[registry]\nbatch_max_wait_ms = 200\nbatch_linger_ms = 300\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("registry.batch_linger_ms` is 300; expected at most registry.batch_max_wait_ms (200)"),
+            "{e}"
+        );
+        let s = parse_str("[registry]\nbatch_max_wait_ms = 200\nbatch_linger_ms = 200\n").unwrap();
+        assert_eq!(s.registry.batch_linger_ms, 200);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! RAE_BENCH_PRELOAD_BATCH=100 …   # bridge-shaped record batches of up to 100 records (default 250)
 //! RAE_BENCH_ONLY_BRIDGE_SHAPED=5 …  # only the bridge-shaped throughput run, 5 times (repeat it cheaply)
 //! RAE_BENCH_TIMELINE=1 …          # + each drain's rate and cores busy per 200 ms
+//! RAE_BENCH_REGISTRY="batch_linger_ms = 100" …   # extra [registry] settings
 //! ```
 //!
 //! 1. Throughput: N envelopes (1000 sessions, attached + changes) are
@@ -131,12 +132,21 @@ fn extra_properties() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The registry config's extra lines (appended after `[registry]`).
+/// The registry config's extra lines (appended after `[registry]`):
+/// `RAE_BENCH_REGISTRY="k = v; k = v"` (experiments with `[registry]`
+/// settings), then `props` as `[kafka.properties]`.
 fn registry_extra(props: &[(String, String)]) -> String {
+    let mut out: String = std::env::var("RAE_BENCH_REGISTRY")
+        .unwrap_or_default()
+        .split(';')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
     if props.is_empty() {
-        return String::new();
+        return out;
     }
-    let mut out = String::from("[kafka.properties]\n");
+    out.push_str("[kafka.properties]\n");
     for (k, v) in props {
         out.push_str(&format!("{k:?} = {v:?}\n"));
     }
@@ -513,10 +523,10 @@ fn main() -> Result<()> {
     let extra = registry_extra(&props);
     println!(
         "registry benchmarks (release binary, 4 partitions, batches of up to 1000 records / 100 ms{})",
-        if props.is_empty() {
+        if extra.is_empty() {
             String::new()
         } else {
-            format!(", extra kafka.properties {props:?}")
+            format!(", extra config {:?}", extra.trim_end())
         }
     );
 

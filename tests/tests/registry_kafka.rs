@@ -137,6 +137,36 @@ fn a_reorder_across_a_batch_boundary_waits_for_the_next_batch_instead_of_a_gap()
 }
 
 #[test]
+fn an_envelope_alone_in_a_batch_closed_early_waits_for_one_reordered_behind_it() {
+    // Two bridges on a quiet stream: seq 3 reaches Kafka 300 ms before
+    // seq 2. Its batch holds all there is and closes at once; without the
+    // whole-batch deferral seq 3 would be a gap.
+    let cloud = Cloud::start(1, "batch_max_wait_ms = 3000").unwrap();
+    let reg = cloud.registry().unwrap();
+    let mut s = Session::new("box-r", "dev0");
+    let one = s.attached(&[("n", 1)]);
+    let two = s.changed(&[("n", 2)]);
+    let three = s.changed(&[("n", 3)]);
+    cloud.send(&[one]).unwrap();
+    wait("seq 1 applied", CONVERGE, || last_seq(&cloud, &s) == 1)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+        .unwrap();
+    cloud.send(&[three]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    cloud.send(&[two]).unwrap();
+    wait("all events applied", CONVERGE, || last_seq(&cloud, &s) == 3)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+        .unwrap();
+    assert_eq!(cloud.metric("rae_registry_gaps_total"), Some(0));
+    assert_eq!(cloud.metric("rae_registry_records_deferred_total"), Some(1));
+    assert_eq!(attr(&cloud, &s, "n").as_deref(), Some("3"));
+    assert_eq!(
+        cloud.count("SELECT count(*) FROM device_sessions WHERE stale"),
+        0
+    );
+}
+
+#[test]
 fn a_gap_marks_the_session_stale_and_produces_exactly_one_resync_record() {
     let cloud = Cloud::start(1, "resync_min_interval_secs = 3600").unwrap();
     let reg = cloud.registry().unwrap();
@@ -599,4 +629,45 @@ fn a_history_row_already_stored_does_not_stall_the_partition() {
         log.contains("met a stored history row") && log.contains("retrying it with ON CONFLICT"),
         "{log}"
     );
+}
+
+/// Sends one attach and returns how long it took to reach the database.
+fn lone_record_latency(cloud: &Cloud, reg: &Registry, rae_id: &str) -> Duration {
+    let mut s = Session::new(rae_id, "dev0");
+    let sent = std::time::Instant::now();
+    cloud.send(&[s.attached(&[("n", 1)])]).unwrap();
+    wait("the lone record applied", Duration::from_secs(30), || {
+        last_seq(cloud, &s) == 1
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+    sent.elapsed()
+}
+
+#[test]
+fn a_batch_holding_everything_its_partition_had_is_applied_without_waiting_for_the_max_wait() {
+    // With a minute of batch_max_wait_ms, a lone record used to wait a
+    // minute for company; the batch holds all there is, so it closes now.
+    let cloud = Cloud::start(1, "batch_max_wait_ms = 60000").unwrap();
+    let reg = cloud.registry().unwrap();
+    for round in 0..3 {
+        let took = lone_record_latency(&cloud, &reg, &format!("box-l{round}"));
+        assert!(took < Duration::from_secs(30), "{took:?}");
+    }
+    let early = cloud.metric("rae_registry_batches_caught_up_total");
+    assert!(early.is_some_and(|n| n >= 3), "{early:?}");
+}
+
+#[test]
+fn batch_linger_ms_holds_a_caught_up_batch_open_for_more_records() {
+    let cloud = Cloud::start(1, "batch_max_wait_ms = 60000\nbatch_linger_ms = 2000").unwrap();
+    let reg = cloud.registry().unwrap();
+    let took = lone_record_latency(&cloud, &reg, "box-m");
+    // The batch opened after the send, so it cannot close sooner.
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(30)).contains(&took),
+        "{took:?}"
+    );
+    let early = cloud.metric("rae_registry_batches_caught_up_total");
+    assert_eq!(early, Some(1));
 }

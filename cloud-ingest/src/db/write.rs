@@ -26,7 +26,7 @@ use super::{col, sql, DbError};
 use crate::registry::boxes::{self, boxes_needed, plan_boxes, Recent};
 use crate::registry::known::Known;
 use crate::registry::plan::{
-    plan_with_deferral, sessions_needed, Item, Plan, Policy, SessionState,
+    plan_with_deferral, sessions_needed, Deferral, Item, Plan, Policy, SessionState,
 };
 use rae_protocol::AttrValue;
 use std::collections::HashMap;
@@ -292,7 +292,7 @@ pub async fn apply(
     now_ms: u64,
     policy: &Policy,
     history: HistoryInsert,
-    defer: Option<usize>,
+    defer: Option<Deferral>,
 ) -> Result<Applied, DbError> {
     let (mut states, missing) = known.split(&sessions_needed(items));
     let loaded = load_sessions(tx, st, &missing).await?;

@@ -8,11 +8,16 @@
 //! consumer `enable.auto.commit=false`,
 //! `enable.auto.offset.store=false`; producer `acks=all`,
 //! `enable.idempotence=true`.
+//!
+//! Also the one librdkafka call rdkafka 0.39 does not wrap:
+//! [`cached_high_watermark`].
 
 use crate::config::KafkaSettings;
 use crate::kafka_props::canonical;
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
+use std::ffi::CString;
 
 /// Measured in docs/BENCHMARKS.md ("Cloud registry"); the reasons are in
 /// docs/CLOUD.md ("Consumer tuning").
@@ -201,6 +206,35 @@ pub fn dlq_headers(
         });
     }
     h
+}
+
+/// librdkafka's last known high watermark of a partition this client
+/// fetches (the offset of the next record written), or None while it knows
+/// none. No request is sent: librdkafka updates it from every fetch
+/// response (`rd_kafka_get_watermark_offsets`; rdkafka 0.39 wraps only
+/// the variant that asks the broker).
+pub fn cached_high_watermark<C: ClientContext>(
+    client: &Client<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client's handle is valid while `client` is borrowed; the
+    // topic is a NUL-terminated string that outlives the call; `low` and
+    // `high` are valid for writes. The call only reads librdkafka's state
+    // under its own locks.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 #[cfg(test)]

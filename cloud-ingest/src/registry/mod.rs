@@ -53,6 +53,7 @@ pub struct RegistryMetrics {
     pub batch_seconds: Histogram,
     pub batch_size: Histogram,
     pub batch_fill_ms_total: Value,
+    pub batches_caught_up: Value,
     pub idle_ms_total: Value,
     pub applied: Value,
     pub duplicates: Value,
@@ -102,6 +103,10 @@ impl RegistryMetrics {
             batch_fill_ms_total: m.counter(
                 "rae_registry_batch_fill_ms_total",
                 "Milliseconds pipelines spent collecting batches (first record to batch close).",
+            ),
+            batches_caught_up: m.counter(
+                "rae_registry_batches_caught_up_total",
+                "Batches closed before batch_max_records and batch_max_wait_ms because they held every record their partition had (after batch_linger_ms).",
             ),
             idle_ms_total: m.counter(
                 "rae_registry_idle_ms_total",

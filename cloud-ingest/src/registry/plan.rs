@@ -274,6 +274,20 @@ struct Slot {
     touched: bool,
 }
 
+/// What [`plan_with_deferral`] may leave for the next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deferral {
+    /// The batch's first records that were deferred once already: a gap
+    /// among them is a gap.
+    pub carried: usize,
+    /// Whether a gap at the batch's first record may make the whole batch
+    /// wait (nothing applied): for a batch that closed early because it
+    /// held every record its partition had, so its first record has not
+    /// waited for a reordered one yet. A batch that waited
+    /// `batch_max_wait_ms` gave its first record that time already.
+    pub whole_batch: bool,
+}
+
 /// [`plan_batch`], except that a gap in the batch's tail may wait for the
 /// next batch, once: returns the plan and how many of `items` (a prefix)
 /// it covers; the caller applies that prefix, commits its offsets, and
@@ -284,26 +298,35 @@ struct Slot {
 /// one batch [`visit_order`] already undoes it.
 ///
 /// `defer` is `None` when no cut is allowed (the last batch before
-/// shutdown), else `Some(carried)`: the batch's first `carried` records
+/// shutdown), else a [`Deferral`]: the batch's first `carried` records
 /// were deferred once already, and a gap among them is a gap, so every
 /// record waits at most once and a lost envelope delays its gap by at most
 /// one batch. The cut is at the first record that shows a gap, provided
-/// something before it is applied; if the prefix itself shows a gap (a
-/// session whose earlier envelope lies beyond the cut), the cut moves to
-/// that one, and when no gapless prefix qualifies, nothing is cut.
+/// something before it is applied (or the deferral allows the whole
+/// batch to wait); if the prefix itself shows a gap (a session whose
+/// earlier envelope lies beyond the cut), the cut moves to that one, and
+/// when no gapless prefix qualifies, nothing is cut.
 pub fn plan_with_deferral(
     items: &[Item],
     loaded: &HashMap<Uuid, SessionState>,
     now_ms: u64,
     policy: &Policy,
-    defer: Option<usize>,
+    defer: Option<Deferral>,
 ) -> (Plan, usize) {
     let full = plan_batch(items, loaded, now_ms, policy);
-    let Some(carried) = defer else {
+    let Some(Deferral {
+        carried,
+        whole_batch,
+    }) = defer
+    else {
         return (full, items.len());
     };
     let mut cut = full.first_gap;
-    while let Some(n) = cut.filter(|&n| n > 0 && n >= carried) {
+    while let Some(n) = cut.filter(|&n| (n > 0 || whole_batch) && n >= carried) {
+        if n == 0 {
+            // Nothing before the gap: the whole batch waits.
+            return (plan_batch(&[], loaded, now_ms, policy), 0);
+        }
         let prefix = plan_batch(&items[..n], loaded, now_ms, policy);
         if prefix.first_gap.is_none() {
             return (prefix, n);

@@ -271,11 +271,19 @@ impl Model {
     /// Plans `batch` with [`plan_with_deferral`] and applies the covered
     /// prefix; returns the records left for the next batch.
     fn run_deferring(&mut self, batch: &[Item], carried: Option<usize>) -> (Plan, Vec<Item>) {
+        let defer = carried.map(|carried| Deferral {
+            carried,
+            whole_batch: false,
+        });
+        self.run_with(batch, defer)
+    }
+
+    fn run_with(&mut self, batch: &[Item], defer: Option<Deferral>) -> (Plan, Vec<Item>) {
         let loaded = sessions_needed(batch)
             .iter()
             .filter_map(|s| self.sessions.get(s).map(|st| (*s, st.clone())))
             .collect();
-        let (_, covered) = plan_with_deferral(batch, &loaded, 0, &POLICY, carried);
+        let (_, covered) = plan_with_deferral(batch, &loaded, 0, &POLICY, defer);
         let plan = self.run(&batch[..covered], 0);
         (plan, batch[covered..].to_vec())
     }
@@ -327,6 +335,50 @@ fn nothing_is_deferred_on_the_last_batch_or_when_nothing_would_be_applied() {
     let gap_last = items(&[attached(2, &[("b", 1)]), changed(1, 3, &[], &[])]);
     let (plan, carry) = m.run_deferring(&gap_last, None);
     assert!(carry.is_empty(), "the last batch applies everything");
+    assert_eq!(plan.counts.gaps, 1);
+}
+
+#[test]
+fn a_batch_closed_early_may_wait_whole_for_an_envelope_reordered_behind_its_first() {
+    // Two bridges: seq 3 arrives alone and the batch closes at once
+    // (caught up); seq 2 is on its way.
+    let mut m = Model::default();
+    m.run(&items(&[attached(1, &[("a", 1)])]), 0);
+    let early = Deferral {
+        carried: 0,
+        whole_batch: true,
+    };
+    let three = items(&[changed(1, 3, &[("a", 3)], &[]), attached(2, &[("b", 1)])]);
+    let (plan, carry) = m.run_with(&three, Some(early));
+    assert!(plan.writes_nothing(), "{plan:?}");
+    assert_eq!(carry.len(), 2, "the whole batch waits");
+    // Next batch: the carried records (waited once) and seq 2.
+    let mut next = carry;
+    next.extend(items(&[changed(1, 2, &[("a", 2)], &[])]));
+    let (plan, carry) = m.run_with(
+        &next,
+        Some(Deferral {
+            carried: 2,
+            whole_batch: false,
+        }),
+    );
+    assert!(carry.is_empty());
+    assert_eq!(plan.counts.gaps, 0);
+    assert_eq!(plan.counts.reordered, 2);
+    assert!(!m.sessions[&sid(1)].stale);
+    assert_eq!(m.sessions[&sid(1)].last_seq, 3);
+    // Waited once: carried again, the gap is a gap.
+    let lost = items(&[changed(1, 5, &[], &[])]);
+    let (plan, carry) = m.run_with(&lost, Some(early));
+    assert_eq!((plan.counts.gaps, carry.len()), (0, 1));
+    let (plan, carry) = m.run_with(
+        &carry,
+        Some(Deferral {
+            carried: 1,
+            whole_batch: true,
+        }),
+    );
+    assert!(carry.is_empty());
     assert_eq!(plan.counts.gaps, 1);
 }
 

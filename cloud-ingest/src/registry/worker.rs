@@ -1,10 +1,13 @@
 //! One ordered pipeline per assigned partition: collect a batch (up to
-//! `batch_max_records` or `batch_max_wait_ms` after its first record),
-//! apply it in ONE database transaction, then store and commit the offset.
+//! `batch_max_records` or `batch_max_wait_ms` after its first record, or
+//! `batch_linger_ms` after it once the batch holds every record the
+//! partition had at the last fetch: [`caught_up`]), apply it in ONE
+//! database transaction, then store and commit the offset.
 //! A gap in a batch's tail may make the batch apply only up to it; the
 //! rest opens the next batch (once per record, never on the last batch
 //! before shutdown; `plan::plan_with_deferral`), and the stored offset is
-//! that of the last record applied.
+//! that of the last record applied. A batch closed early (caught up) may
+//! wait whole when its first record shows the gap.
 //!
 //! Invariants:
 //! - the offset of a batch is stored/committed only after its transaction
@@ -25,9 +28,11 @@
 
 use super::classify::{classify, Source};
 use super::dispatch::{Record, RegistryContext};
-use super::kafka::{command_headers, dlq_headers, dlq_value, resync_payload};
+use super::kafka::{
+    cached_high_watermark, command_headers, dlq_headers, dlq_value, resync_payload,
+};
 use super::known::Known;
-use super::plan::{Item, Plan, Policy};
+use super::plan::{Deferral, Item, Plan, Policy};
 use super::side_producer::SideProducer;
 use super::RegistryMetrics;
 use crate::db::write::HistoryInsert;
@@ -62,6 +67,9 @@ pub struct Shared {
     pub policy: Policy,
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
+    /// How long a batch that is [`caught_up`] still waits (from its first
+    /// record) for more.
+    pub batch_linger: Duration,
     pub retry_max_backoff: Duration,
     /// `database.timeout_secs`: bounds a connection attempt and a batch.
     pub db_timeout_secs: u64,
@@ -133,6 +141,18 @@ enum BatchError {
     },
 }
 
+/// Whether a batch whose last record has `last_offset` holds every record
+/// its partition had when the consumer last fetched it: `high` is
+/// librdkafka's cached high watermark (the offset the next record written
+/// gets; negative while unknown), updated by every fetch response. A batch
+/// that is caught up has nothing to wait for but records not written yet,
+/// so it need not wait `batch_max_wait_ms`. Records fetched but still in
+/// librdkafka's queue, the dispatcher's stash or the channel have offsets
+/// below `high`, so a batch short of them is not caught up.
+pub fn caught_up(last_offset: i64, high: i64) -> bool {
+    high >= 0 && last_offset.saturating_add(1) >= high
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -150,6 +170,14 @@ impl Worker {
         for m in records {
             self.channel_bytes.received(m);
         }
+    }
+
+    /// [`caught_up`] for a batch ending at `last` (false when empty, or
+    /// when librdkafka knows no watermark for the partition).
+    fn caught_up(&self, last: Option<&Record>) -> bool {
+        let Some(last) = last else { return false };
+        cached_high_watermark(self.shared.consumer.client(), &self.topic, self.partition)
+            .is_some_and(|high| caught_up(last.offset, high))
     }
 
     fn stop_state(&self) -> Stop {
@@ -185,8 +213,16 @@ impl Worker {
             // One timer per batch (not one per receive).
             let deadline = tokio::time::sleep_until(opened + self.shared.batch_max_wait);
             tokio::pin!(deadline);
-            let mut stopping = false;
+            let linger_until = opened + self.shared.batch_linger;
+            let (mut stopping, mut early) = (false, false);
             while carry.len() + batch.len() < max {
+                // A batch that opened with a carried gap tail waits the
+                // full time for the record that may fill the gap.
+                let lingering = carry.is_empty() && self.caught_up(batch.last());
+                if lingering && Instant::now() >= linger_until {
+                    early = true;
+                    break;
+                }
                 let (before, room) = (batch.len(), max - carry.len() - batch.len());
                 tokio::select! {
                     biased;
@@ -199,7 +235,14 @@ impl Worker {
                     }
                     _ = self.stop.changed() => { stopping = true; break }
                     _ = &mut deadline => break,
+                    _ = tokio::time::sleep_until(linger_until), if lingering => {
+                        early = true;
+                        break;
+                    }
                 }
+            }
+            if early {
+                metrics.batches_caught_up.inc();
             }
             metrics.batch_fill_ms_total.add(ms(opened.elapsed()));
             if self.stop_state() == Stop::Revoked {
@@ -217,8 +260,13 @@ impl Worker {
                     classified,
                 }
             }));
-            // The last batch before shutdown applies everything.
-            let defer = (!stopping).then_some(carried);
+            // The last batch before shutdown applies everything. A batch
+            // closed early has given its first record no time to be
+            // joined by one reordered behind it, so it may wait whole.
+            let defer = (!stopping).then_some(Deferral {
+                carried,
+                whole_batch: early,
+            });
             let Some(covered) = self.apply_with_retry(&items, defer).await else {
                 return;
             };
@@ -242,7 +290,7 @@ impl Worker {
     /// Applies one batch until it commits (`Some(n)`: the first `n` of
     /// `items` were applied, the rest wait for the next batch; `defer` as
     /// in `plan::plan_with_deferral`) or the partition is revoked (`None`).
-    async fn apply_with_retry(&mut self, items: &[Item], defer: Option<usize>) -> Option<usize> {
+    async fn apply_with_retry(&mut self, items: &[Item], defer: Option<Deferral>) -> Option<usize> {
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0u32;
@@ -343,7 +391,7 @@ impl Worker {
     async fn apply_bounded(
         &mut self,
         items: &[Item],
-        defer: Option<usize>,
+        defer: Option<Deferral>,
     ) -> Result<(Plan, usize), BatchError> {
         let secs = self.shared.db_timeout_secs;
         match tokio::time::timeout(Duration::from_secs(secs), self.apply_once(items, defer)).await {
@@ -361,7 +409,7 @@ impl Worker {
     async fn apply_once(
         &mut self,
         items: &[Item],
-        defer: Option<usize>,
+        defer: Option<Deferral>,
     ) -> Result<(Plan, usize), BatchError> {
         let conn = match self.db.take() {
             Some(conn) => conn,
@@ -400,6 +448,10 @@ impl Worker {
     }
 
     fn after_commit(&self, items: &[Item], plan: &Plan, took: Duration) {
+        if items.is_empty() {
+            // The whole batch waits for the next one: nothing applied.
+            return;
+        }
         let m = &self.shared.metrics;
         m.batches.inc();
         m.batch_records.add(items.len() as i64);
@@ -528,4 +580,26 @@ async fn produce_side_records(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caught_up;
+
+    #[test]
+    fn a_batch_is_caught_up_only_when_it_holds_the_record_before_the_high_watermark() {
+        // Records 0..=9 written: the high watermark is 10.
+        assert!(caught_up(9, 10));
+        assert!(!caught_up(8, 10), "record 9 is still on its way");
+        // A watermark older than the records received (a fetch answered
+        // before the last records were written) is caught up too.
+        assert!(caught_up(12, 10));
+    }
+
+    #[test]
+    fn an_unknown_high_watermark_is_never_caught_up() {
+        // librdkafka's RD_KAFKA_OFFSET_INVALID before the first fetch.
+        assert!(!caught_up(9, -1001));
+        assert!(!caught_up(-1, -1));
+    }
 }

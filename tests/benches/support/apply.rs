@@ -16,7 +16,7 @@ use rae_cloud_ingest::db::write::HistoryInsert;
 use rae_cloud_ingest::db::{self, migrate, write};
 use rae_cloud_ingest::registry::classify::{classify, Source};
 use rae_cloud_ingest::registry::known::Known;
-use rae_cloud_ingest::registry::plan::{Item, Policy};
+use rae_cloud_ingest::registry::plan::{Deferral, Item, Policy};
 use rae_protocol::Envelope;
 use std::time::Instant;
 
@@ -173,7 +173,7 @@ async fn pipeline(
             now_ms(),
             &POLICY,
             HistoryInsert::Fast,
-            Some(0),
+            Some(Deferral::default()),
         )
         .await?;
         let (plan, covered) = (applied.plan, applied.covered);
