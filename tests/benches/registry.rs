@@ -10,6 +10,7 @@
 //! RAE_BENCH_ONLY_BRIDGE_SHAPED=5 …  # only the bridge-shaped throughput run, 5 times (repeat it cheaply)
 //! RAE_BENCH_TIMELINE=1 …          # + each drain's rate and cores busy per 200 ms
 //! RAE_BENCH_REGISTRY="batch_linger_ms = 100" …   # extra [registry] settings
+//! RAE_BENCH_TRICKLE=500 [RAE_BENCH_TRICKLE_SECS=10] …  # only: a caught-up registry fed 500 events/s
 //! ```
 //!
 //! 1. Throughput: N envelopes (1000 sessions, attached + changes) are
@@ -36,6 +37,8 @@ mod apply;
 mod drain;
 #[path = "../tests/registry_support/mod.rs"]
 mod registry_support;
+#[path = "support/trickle.rs"]
+mod trickle;
 
 use anyhow::{Context, Result};
 use drain::drain;
@@ -512,6 +515,16 @@ fn main() -> Result<()> {
         return database_only(n_tp);
     }
     binary(HINT).context("the bench runs the release binary")?;
+    if let Some(rate) = std::env::var("RAE_BENCH_TRICKLE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let secs = std::env::var("RAE_BENCH_TRICKLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        return trickle::trickle(rate, secs);
+    }
     let burst_max: usize = std::env::var("RAE_BENCH_BURST_MAX")
         .ok()
         .and_then(|v| v.parse().ok())
