@@ -157,12 +157,13 @@ pub struct RawRegistry {
     /// A batch closes this long after its first record. Default: 1000.
     pub batch_max_wait_ms: Option<u64>,
     /// A batch that holds every record its partition had at the last fetch
-    /// (caught up with the log) closes this long after its first record
-    /// instead of waiting `batch_max_wait_ms` for records not written yet.
-    /// At most `batch_max_wait_ms`; setting it equal turns the early close
-    /// off (fewer, larger transactions at low rates, more latency).
-    /// Default: 0 (at once).
-    pub batch_linger_ms: Option<u64>,
+    /// (caught up with the log) closes without waiting `batch_max_wait_ms`
+    /// for records not written yet, once this long has passed since the
+    /// partition's previous batch closed: a change after a quiet spell is
+    /// applied at once, and a steady stream costs at most 1000 / this
+    /// transactions per second per partition. At most `batch_max_wait_ms`.
+    /// Default: 100 (or `batch_max_wait_ms` if that is lower).
+    pub batch_min_interval_ms: Option<u64>,
     /// At most one resync command per session this often. Default: 60.
     pub resync_min_interval_secs: Option<u64>,
     /// Event history rows kept per device session. Default: 1000.
@@ -250,7 +251,7 @@ pub struct DatabaseSettings {
 pub struct RegistrySettings {
     pub batch_max_records: usize,
     pub batch_max_wait_ms: u64,
-    pub batch_linger_ms: u64,
+    pub batch_min_interval_ms: u64,
     pub resync_min_interval_secs: u64,
     pub history_max_events_per_session: u32,
 }
@@ -565,12 +566,14 @@ fn validate_registry(raw: RawRegistry) -> Result<RegistrySettings, ConfigError> 
         raw.batch_max_wait_ms.unwrap_or(1000),
         1..=60_000,
     )?;
-    let batch_linger_ms = raw.batch_linger_ms.unwrap_or(0);
-    if batch_linger_ms > batch_max_wait_ms {
+    let batch_min_interval_ms = raw
+        .batch_min_interval_ms
+        .unwrap_or(batch_max_wait_ms.min(100));
+    if batch_min_interval_ms > batch_max_wait_ms {
         return Err(invalid(
-            "registry.batch_linger_ms",
+            "registry.batch_min_interval_ms",
             format!(
-                "is {batch_linger_ms}; expected at most registry.batch_max_wait_ms ({batch_max_wait_ms})"
+                "is {batch_min_interval_ms}; expected at most registry.batch_max_wait_ms ({batch_max_wait_ms})"
             ),
         ));
     }
@@ -581,7 +584,7 @@ fn validate_registry(raw: RawRegistry) -> Result<RegistrySettings, ConfigError> 
             1..=100_000,
         )? as usize,
         batch_max_wait_ms,
-        batch_linger_ms,
+        batch_min_interval_ms,
         resync_min_interval_secs: in_range(
             "registry.resync_min_interval_secs",
             raw.resync_min_interval_secs.unwrap_or(60),

@@ -16,7 +16,7 @@ fn empty_config_gets_documented_defaults() {
     assert_eq!(s.kafka.dlq_topic, "rae.device-events.dlq");
     assert_eq!(s.registry.batch_max_records, 1000);
     assert_eq!(s.registry.batch_max_wait_ms, 1000);
-    assert_eq!(s.registry.batch_linger_ms, 0);
+    assert_eq!(s.registry.batch_min_interval_ms, 100);
     assert_eq!(
         s.metrics.registry_listen,
         Some("127.0.0.1:9465".parse().unwrap())
@@ -48,18 +48,22 @@ fn out_of_range_values_name_the_key() {
 }
 
 #[test]
-fn a_batch_linger_longer_than_the_batch_max_wait_is_rejected() {
-    let e = parse_str("[registry]\nbatch_max_wait_ms = 200\nbatch_linger_ms = 300\n")
+fn a_batch_min_interval_longer_than_the_batch_max_wait_is_rejected() {
+    let e = parse_str("[registry]\nbatch_max_wait_ms = 200\nbatch_min_interval_ms = 300\n")
         .unwrap_err()
         .to_string();
     assert!(
         e.contains(
-            "registry.batch_linger_ms` is 300; expected at most registry.batch_max_wait_ms (200)"
+            "registry.batch_min_interval_ms` is 300; expected at most registry.batch_max_wait_ms (200)"
         ),
         "{e}"
     );
-    let s = parse_str("[registry]\nbatch_max_wait_ms = 200\nbatch_linger_ms = 200\n").unwrap();
-    assert_eq!(s.registry.batch_linger_ms, 200);
+    // A max wait below the default interval lowers the default.
+    let s = parse_str("[registry]\nbatch_max_wait_ms = 50\n").unwrap();
+    assert_eq!(s.registry.batch_min_interval_ms, 50);
+    let s =
+        parse_str("[registry]\nbatch_max_wait_ms = 200\nbatch_min_interval_ms = 200\n").unwrap();
+    assert_eq!(s.registry.batch_min_interval_ms, 200);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! RAE_BENCH_PRELOAD_BATCH=100 …   # bridge-shaped record batches of up to 100 records (default 250)
 //! RAE_BENCH_ONLY_BRIDGE_SHAPED=5 …  # only the bridge-shaped throughput run, 5 times (repeat it cheaply)
 //! RAE_BENCH_TIMELINE=1 …          # + each drain's rate and cores busy per 200 ms
-//! RAE_BENCH_REGISTRY="batch_linger_ms = 100" …   # extra [registry] settings
+//! RAE_BENCH_REGISTRY="batch_min_interval_ms = 0" …   # extra [registry] settings
 //! RAE_BENCH_TRICKLE=500 [RAE_BENCH_TRICKLE_SECS=10] …  # only: a caught-up registry fed 500 events/s
 //! ```
 //!

@@ -647,7 +647,9 @@ fn lone_record_latency(cloud: &Cloud, reg: &Registry, rae_id: &str) -> Duration 
 #[test]
 fn a_batch_holding_everything_its_partition_had_is_applied_without_waiting_for_the_max_wait() {
     // With a minute of batch_max_wait_ms, a lone record used to wait a
-    // minute for company; the batch holds all there is, so it closes now.
+    // minute for company; the batch holds all there is, so it closes now
+    // (the default batch_min_interval_ms, 100, is past: each record is
+    // sent after the last one is seen applied).
     let cloud = Cloud::start(1, "batch_max_wait_ms = 60000").unwrap();
     let reg = cloud.registry().unwrap();
     for round in 0..3 {
@@ -659,15 +661,38 @@ fn a_batch_holding_everything_its_partition_had_is_applied_without_waiting_for_t
 }
 
 #[test]
-fn batch_linger_ms_holds_a_caught_up_batch_open_for_more_records() {
-    let cloud = Cloud::start(1, "batch_max_wait_ms = 60000\nbatch_linger_ms = 2000").unwrap();
+fn batch_min_interval_ms_spaces_caught_up_batches_but_not_a_change_after_a_quiet_spell() {
+    let cloud = Cloud::start(1, "batch_max_wait_ms = 60000\nbatch_min_interval_ms = 3000").unwrap();
     let reg = cloud.registry().unwrap();
-    let took = lone_record_latency(&cloud, &reg, "box-m");
-    // The batch opened after the send, so it cannot close sooner.
-    assert!(
-        (Duration::from_secs(2)..Duration::from_secs(30)).contains(&took),
-        "{took:?}"
-    );
+    let mut s = Session::new("box-m", "dev0");
+    let envs = [
+        s.attached(&[("n", 1)]),
+        s.changed(&[("n", 2)]),
+        s.changed(&[("n", 3)]),
+    ];
+    let applied = |seq: i64| {
+        wait("the record applied", Duration::from_secs(30), || {
+            last_seq(&cloud, &s) == seq
+        })
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+        .unwrap()
+    };
+    let sent = std::time::Instant::now();
+    cloud.send(&envs[..1]).unwrap();
+    applied(1);
+    // Right behind it: its batch closes 3 s after the first one closed,
+    // which was after the first send.
+    cloud.send(&envs[1..2]).unwrap();
+    applied(2);
+    let took = sent.elapsed();
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    // After a quiet spell longer than the interval: at once.
+    std::thread::sleep(Duration::from_millis(3500));
+    let sent = std::time::Instant::now();
+    cloud.send(&envs[2..]).unwrap();
+    applied(3);
+    let took = sent.elapsed();
+    assert!(took < Duration::from_millis(2500), "{took:?}");
     let early = cloud.metric("rae_registry_batches_caught_up_total");
-    assert_eq!(early, Some(1));
+    assert_eq!(early, Some(3));
 }

@@ -358,7 +358,7 @@ impl Dispatcher {
             },
             batch_max_records: r.batch_max_records,
             batch_max_wait: Duration::from_millis(r.batch_max_wait_ms),
-            batch_linger: Duration::from_millis(r.batch_linger_ms),
+            batch_min_interval: Duration::from_millis(r.batch_min_interval_ms),
             retry_max_backoff: Duration::from_secs(settings.database.retry_max_backoff_secs),
             db_timeout_secs: settings.database.timeout_secs,
             max_record_bytes,

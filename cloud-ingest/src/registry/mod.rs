@@ -106,7 +106,7 @@ impl RegistryMetrics {
             ),
             batches_caught_up: m.counter(
                 "rae_registry_batches_caught_up_total",
-                "Batches closed before batch_max_records and batch_max_wait_ms because they held every record their partition had (after batch_linger_ms).",
+                "Batches closed before batch_max_records and batch_max_wait_ms because they held every record their partition had.",
             ),
             idle_ms_total: m.counter(
                 "rae_registry_idle_ms_total",

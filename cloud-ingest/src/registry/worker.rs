@@ -1,8 +1,9 @@
 //! One ordered pipeline per assigned partition: collect a batch (up to
 //! `batch_max_records` or `batch_max_wait_ms` after its first record, or
-//! `batch_linger_ms` after it once the batch holds every record the
-//! partition had at the last fetch: [`caught_up`]), apply it in ONE
-//! database transaction, then store and commit the offset.
+//! as soon as it holds every record the partition had at the last fetch,
+//! [`caught_up`], but no sooner than `batch_min_interval_ms` after the
+//! previous batch closed), apply it in ONE database transaction, then
+//! store and commit the offset.
 //! A gap in a batch's tail may make the batch apply only up to it; the
 //! rest opens the next batch (once per record, never on the last batch
 //! before shutdown; `plan::plan_with_deferral`), and the stored offset is
@@ -67,9 +68,10 @@ pub struct Shared {
     pub policy: Policy,
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
-    /// How long a batch that is [`caught_up`] still waits (from its first
-    /// record) for more.
-    pub batch_linger: Duration,
+    /// A batch that is [`caught_up`] closes no sooner than this after the
+    /// pipeline's previous batch closed (bounds its transactions per
+    /// second while it keeps up with a steady stream).
+    pub batch_min_interval: Duration,
     pub retry_max_backoff: Duration,
     /// `database.timeout_secs`: bounds a connection attempt and a batch.
     pub db_timeout_secs: u64,
@@ -195,6 +197,9 @@ impl Worker {
         // Records of the last batch left for this one (a gap in its tail,
         // `plan::plan_with_deferral`): they open this batch.
         let mut carry: Vec<Item> = Vec::new();
+        // When the previous batch closed: a caught-up batch closes no
+        // sooner than `batch_min_interval` after it.
+        let mut last_close: Option<Instant> = None;
         loop {
             let idle_since = Instant::now();
             let max = self.shared.batch_max_records;
@@ -213,13 +218,13 @@ impl Worker {
             // One timer per batch (not one per receive).
             let deadline = tokio::time::sleep_until(opened + self.shared.batch_max_wait);
             tokio::pin!(deadline);
-            let linger_until = opened + self.shared.batch_linger;
+            let early_from = last_close.map_or(opened, |t| t + self.shared.batch_min_interval);
             let (mut stopping, mut early) = (false, false);
             while carry.len() + batch.len() < max {
                 // A batch that opened with a carried gap tail waits the
                 // full time for the record that may fill the gap.
-                let lingering = carry.is_empty() && self.caught_up(batch.last());
-                if lingering && Instant::now() >= linger_until {
+                let caught = carry.is_empty() && self.caught_up(batch.last());
+                if caught && Instant::now() >= early_from {
                     early = true;
                     break;
                 }
@@ -235,7 +240,7 @@ impl Worker {
                     }
                     _ = self.stop.changed() => { stopping = true; break }
                     _ = &mut deadline => break,
-                    _ = tokio::time::sleep_until(linger_until), if lingering => {
+                    _ = tokio::time::sleep_until(early_from), if caught => {
                         early = true;
                         break;
                     }
@@ -244,6 +249,7 @@ impl Worker {
             if early {
                 metrics.batches_caught_up.inc();
             }
+            last_close = Some(Instant::now());
             metrics.batch_fill_ms_total.add(ms(opened.elapsed()));
             if self.stop_state() == Stop::Revoked {
                 return;
