@@ -696,3 +696,21 @@ fn batch_min_interval_ms_spaces_caught_up_batches_but_not_a_change_after_a_quiet
     let early = cloud.metric("rae_registry_batches_caught_up_total");
     assert_eq!(early, Some(3));
 }
+
+#[test]
+fn a_registry_started_before_its_topics_exist_consumes_them_once_they_are_created() {
+    // A fresh deployment, or a broker that lost its topics (Tansu's
+    // memory storage after a restart): the group's first assignment is
+    // empty, and the registry must notice the topics when they appear.
+    let cloud = Cloud::start(0, "").unwrap();
+    let reg = cloud.registry().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    create_topics(&cloud.kafka, 2).unwrap();
+    let mut s = Session::new("box-t", "dev0");
+    cloud.send(&[s.attached(&[("n", 1)])]).unwrap();
+    wait("the record applied", Duration::from_secs(45), || {
+        last_seq(&cloud, &s) == 1
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", reg.log_tail()))
+    .unwrap();
+}

@@ -42,7 +42,8 @@ pub struct Cloud {
 }
 
 impl Cloud {
-    /// `partitions` for the events topic; `extra` is appended to `[registry]`
+    /// `partitions` for the events topic (0: no topic is created; the test
+    /// calls [`create_topics`]); `extra` is appended to `[registry]`
     /// (`batch_max_wait_ms` is 100 unless `extra` sets it).
     pub fn start(partitions: i32, registry_extra: &str) -> Result<Cloud> {
         Cloud::start_with(partitions, registry_extra, None)
@@ -58,7 +59,9 @@ impl Cloud {
         let dir = tempfile::tempdir()?;
         let pg = Postgres::start(&dir.path().join("pg"))?;
         let kafka = Tansu::start(&dir.path().join("tansu"))?;
-        create_topics(&kafka, partitions)?;
+        if partitions > 0 {
+            create_topics(&kafka, partitions)?;
+        }
         let metrics_port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
@@ -391,6 +394,26 @@ impl Registry {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: the registry stops where it is, its sockets stay open.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Registry::freeze`].
+    pub fn thaw(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<()> {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        ensure!(
+            unsafe { libc::kill(self.pid(), signal) } == 0,
+            "signal {signal} to the registry: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
     }
 
     pub fn restart(&mut self) -> Result<()> {
