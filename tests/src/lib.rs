@@ -22,6 +22,27 @@ pub mod tansu;
 pub mod tls_certs;
 pub mod umockdev;
 
+/// Sends `signal` to `child` unless it has exited (it is then reaped
+/// here, so the signal can never reach a reused pid). The harnesses' stop,
+/// freeze and kill signals go through it.
+pub fn signal_child(child: &mut std::process::Child, signal: libc::c_int) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        child.try_wait()?.is_none(),
+        "process {} already exited",
+        child.id()
+    );
+    let pid = libc::pid_t::try_from(child.id())?;
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our own
+    // child, checked above not to have been reaped.
+    let rc = unsafe { libc::kill(pid, signal) };
+    anyhow::ensure!(
+        rc == 0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 /// The last `n` lines of a log file (empty if it cannot be read); every
 /// harness shows one when a test fails.
 pub fn log_tail(path: &std::path::Path, n: usize) -> String {

@@ -234,16 +234,7 @@ impl Mosquitto {
 
     fn signal(&mut self, signal: libc::c_int) -> Result<()> {
         ensure!(self.is_running(), "mosquitto is not running");
-        let pid = libc::pid_t::try_from(self.child_mut()?.id())?;
-        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our
-        // own child, checked above not to have been reaped.
-        let rc = unsafe { libc::kill(pid, signal) };
-        ensure!(
-            rc == 0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
+        crate::signal_child(self.child_mut()?, signal)
     }
 
     /// Waits (bounded) for the broker to exit after a signal, then reaps it.

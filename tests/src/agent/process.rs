@@ -51,17 +51,7 @@ impl AgentProcess {
     /// Sends `signal` if the daemon has not been reaped yet (so never to a
     /// reused pid).
     pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
-        ensure!(self.child.try_wait()?.is_none(), "rae-agent already exited");
-        let pid = libc::pid_t::try_from(self.pid())?;
-        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our
-        // own child, not yet reaped, so it cannot name another process.
-        let rc = unsafe { libc::kill(pid, signal) };
-        ensure!(
-            rc == 0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
+        crate::signal_child(&mut self.child, signal).context("signal rae-agent")
     }
 
     /// Waits up to `timeout` for the daemon to exit.

@@ -397,23 +397,13 @@ impl Registry {
     }
 
     /// SIGSTOP: the registry stops where it is, its sockets stay open.
-    pub fn freeze(&self) -> Result<()> {
-        self.signal(libc::SIGSTOP)
+    pub fn freeze(&mut self) -> Result<()> {
+        rae_tests::signal_child(&mut self.child, libc::SIGSTOP).context("freeze the registry")
     }
 
     /// SIGCONT after [`Registry::freeze`].
-    pub fn thaw(&self) -> Result<()> {
-        self.signal(libc::SIGCONT)
-    }
-
-    fn signal(&self, signal: libc::c_int) -> Result<()> {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        ensure!(
-            unsafe { libc::kill(self.pid(), signal) } == 0,
-            "signal {signal} to the registry: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
+    pub fn thaw(&mut self) -> Result<()> {
+        rae_tests::signal_child(&mut self.child, libc::SIGCONT).context("thaw the registry")
     }
 
     pub fn restart(&mut self) -> Result<()> {
