@@ -699,9 +699,9 @@ fn batch_min_interval_ms_spaces_caught_up_batches_but_not_a_change_after_a_quiet
 
 #[test]
 fn a_registry_started_before_its_topics_exist_consumes_them_once_they_are_created() {
-    // A fresh deployment, or a broker that lost its topics (Tansu's
-    // memory storage after a restart): the group's first assignment is
-    // empty, and the registry must notice the topics when they appear.
+    // A fresh deployment whose registry starts before the topics are
+    // created: it must notice them when they appear (librdkafka joins
+    // the group only then).
     let cloud = Cloud::start(0, "").unwrap();
     let reg = cloud.registry().unwrap();
     std::thread::sleep(Duration::from_secs(3));

@@ -175,9 +175,15 @@ impl Worker {
     }
 
     /// [`caught_up`] for a batch ending at `last` (false when empty, or
-    /// when librdkafka knows no watermark for the partition).
+    /// when librdkafka knows no watermark for the partition). Records still
+    /// in the channel lie below the watermark, so while there are any the
+    /// answer is false without asking librdkafka (a backlog's batches fill
+    /// through many receives).
     fn caught_up(&self, last: Option<&Record>) -> bool {
         let Some(last) = last else { return false };
+        if !self.rx.is_empty() {
+            return false;
+        }
         cached_high_watermark(self.shared.consumer.client(), &self.topic, self.partition)
             .is_some_and(|high| caught_up(last.offset, high))
     }
