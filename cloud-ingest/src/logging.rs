@@ -1,6 +1,9 @@
-//! Logging through the `log` facade as plain lines on stderr (journald
-//! stores them as they are under systemd). `RUST_LOG` (a level) overrides
-//! the configured level.
+//! Logging through the `log` facade as plain lines on stderr, each
+//! beginning with its UTC time to the millisecond
+//! (`2026-12-07T17:16:35.123Z INFO  target: message`). Under systemd
+//! (stderr is the journal, `$JOURNAL_STREAM`) the time is left out: the
+//! journal stamps every line itself. `RUST_LOG` (a level) overrides the
+//! configured level.
 //!
 //! tokio-postgres logs at debug every statement with all its bound
 //! parameters: the registry's 1000-row arrays made a debug log about 750
@@ -10,7 +13,25 @@
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::Write;
 
-struct StderrLogger;
+struct StderrLogger {
+    /// Whether lines begin with their time (not under the journal).
+    timestamps: bool,
+}
+
+/// The line written for a record: `time` (if any), level, target, message.
+fn line(time: Option<&str>, level: Level, target: &str, args: &std::fmt::Arguments<'_>) -> String {
+    match time {
+        Some(t) => format!("{t} {level:<5} {target}: {args}"),
+        None => format!("{level:<5} {target}: {args}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 /// Whether a line of `target` at `level` is written, `max` being the
 /// configured level (pure).
@@ -25,13 +46,16 @@ impl Log for StderrLogger {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "{:<5} {}: {}",
+            let time = self
+                .timestamps
+                .then(|| rae_protocol::time::rfc3339_millis(now_ms()));
+            let text = line(
+                time.as_deref(),
                 record.level(),
                 record.target(),
-                record.args()
+                record.args(),
             );
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
         }
     }
 
@@ -44,7 +68,10 @@ pub fn init(configured: LevelFilter) {
         .ok()
         .and_then(|v| v.trim().parse::<LevelFilter>().ok())
         .unwrap_or(configured);
-    if log::set_logger(&StderrLogger).is_ok() {
+    let logger = StderrLogger {
+        timestamps: !systemd_journal_logger::connected_to_journal(),
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
 }
@@ -75,5 +102,28 @@ mod tests {
             Level::Debug,
             LevelFilter::Info
         ));
+    }
+
+    #[test]
+    fn a_line_begins_with_its_time_unless_the_journal_stamps_it() {
+        let t = rae_protocol::time::rfc3339_millis(1_796_663_795_123);
+        assert_eq!(
+            line(
+                Some(&t),
+                Level::Warn,
+                "rae_cloud_ingest::bridge",
+                &format_args!("x {}", 1)
+            ),
+            "2026-12-07T17:16:35.123Z WARN  rae_cloud_ingest::bridge: x 1"
+        );
+        assert_eq!(
+            line(
+                None,
+                Level::Info,
+                "rae_cloud_ingest::registry",
+                &format_args!("up")
+            ),
+            "INFO  rae_cloud_ingest::registry: up"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! Owns everything two rae processes must agree on byte for byte:
 //! - [`topic`]: the MQTT topic layout and the validation of topic segments;
 //! - [`envelope`]: the CBOR device-event [`Envelope`] and its encoding;
-//! - [`seq`]: the per-session sequence rules consumers apply.
+//! - [`seq`]: the per-session sequence rules consumers apply;
+//! - [`time`]: how the unix-millisecond timestamps render as UTC text.
 //!
 //! Invariants: this crate does no I/O, holds no state and never panics on
 //! input; every malformed input becomes a typed error. The human-readable
@@ -11,6 +12,7 @@
 
 pub mod envelope;
 pub mod seq;
+pub mod time;
 pub mod topic;
 
 pub use envelope::{
