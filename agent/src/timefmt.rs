@@ -1,18 +1,8 @@
-//! Wall-clock helpers: unix milliseconds now, and RFC 3339 (from
-//! `rae_protocol::time`) / compact UTC formatting without a date-time
-//! dependency.
+//! Wall-clock helpers: unix milliseconds now and RFC 3339 (both from
+//! `rae_protocol::time`), compact UTC names and short ages.
 
 use rae_protocol::time::civil;
-pub use rae_protocol::time::rfc3339;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the unix epoch (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use rae_protocol::time::{now_ms, rfc3339};
 
 /// `20261126T153904Z`, for file names.
 pub fn compact(ms: u64) -> String {

@@ -26,13 +26,6 @@ fn line(time: Option<&str>, level: Level, target: &str, args: &std::fmt::Argumen
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Whether a line of `target` at `level` is written, `max` being the
 /// configured level (pure).
 fn wanted(target: &str, level: Level, max: LevelFilter) -> bool {
@@ -48,7 +41,7 @@ impl Log for StderrLogger {
         if self.enabled(record.metadata()) {
             let time = self
                 .timestamps
-                .then(|| rae_protocol::time::rfc3339_millis(now_ms()));
+                .then(|| rae_protocol::time::rfc3339_millis(rae_protocol::time::now_ms()));
             let text = line(
                 time.as_deref(),
                 record.level(),

@@ -4,9 +4,10 @@
 //! - [`topic`]: the MQTT topic layout and the validation of topic segments;
 //! - [`envelope`]: the CBOR device-event [`Envelope`] and its encoding;
 //! - [`seq`]: the per-session sequence rules consumers apply;
-//! - [`time`]: how the unix-millisecond timestamps render as UTC text.
+//! - [`time`]: unix-millisecond timestamps: now, and as UTC text.
 //!
-//! Invariants: this crate does no I/O, holds no state and never panics on
+//! Invariants: this crate does no I/O (it reads only the clock,
+//! [`time::now_ms`]), holds no state and never panics on
 //! input; every malformed input becomes a typed error. The human-readable
 //! contract lives in `docs/PROTOCOL.md` and is kept in sync by tests.
 

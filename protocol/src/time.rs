@@ -1,6 +1,14 @@
-//! Rendering of the unix-millisecond timestamps rae carries (the
-//! envelope's `ts_ms`, log lines) as UTC text, without a date-time
-//! dependency. Pure: the callers read the clock.
+//! The unix-millisecond timestamps rae carries (the envelope's `ts_ms`,
+//! log lines): [`now_ms`] reads the system clock; the rest renders them as
+//! UTC text, without a date-time dependency, and is pure.
+
+/// Milliseconds since the unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 /// (year, month, day, hour, minute, second) in UTC for unix milliseconds.
 pub fn civil(ms: u64) -> (i64, u32, u32, u32, u32, u32) {

@@ -24,7 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rumqttc::{AsyncClient, Publish, QoS};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -189,7 +189,7 @@ impl Uplink {
         let meta = Meta {
             qos: p.qos as u8,
             retain: p.retain,
-            received_at_ms: unix_ms(),
+            received_at_ms: i64::try_from(rae_protocol::time::now_ms()).unwrap_or(i64::MAX),
         };
         let (destination, record, error) = match route {
             Route::Produce(d) => (d, true, None),
@@ -399,11 +399,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
