@@ -159,13 +159,6 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Worker {
     /// Lowers the channel's byte count by records just received.
     fn received(&self, records: &[Record]) {
@@ -225,6 +218,8 @@ impl Worker {
             let deadline = tokio::time::sleep_until(opened + self.shared.batch_max_wait);
             tokio::pin!(deadline);
             let early_from = last_close.map_or(opened, |t| t + self.shared.batch_min_interval);
+            let early_timer = tokio::time::sleep_until(early_from);
+            tokio::pin!(early_timer);
             let (mut stopping, mut early) = (false, false);
             while carry.len() + batch.len() < max {
                 // A batch that opened with a carried gap tail waits the
@@ -246,7 +241,7 @@ impl Worker {
                     }
                     _ = self.stop.changed() => { stopping = true; break }
                     _ = &mut deadline => break,
-                    _ = tokio::time::sleep_until(early_from), if caught => {
+                    _ = &mut early_timer, if caught => {
                         early = true;
                         break;
                     }
@@ -444,7 +439,7 @@ impl Worker {
             &conn.statements,
             items,
             &self.known,
-            now_ms(),
+            rae_protocol::time::now_ms(),
             &self.shared.policy,
             self.history,
             defer,
